@@ -11,12 +11,13 @@ wrong there, and the table shows it rather than hiding it.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 
 from proxopt.activations import ACTIVATIONS, Activation
-from proxopt.errors import NoRouteError
+from proxopt.errors import NoRouteError, NotDCPError, ProxWarning
 from proxopt.layers.prox import ProxLayer
 
 __all__ = [
@@ -61,6 +62,11 @@ def _errors(layer: ProxLayer, activation: Activation, x: torch.Tensor, upstream:
     return value_error, grad_error
 
 
+def _failed(name: str, backend: str, error: Exception) -> VerificationResult:
+    nan = float("nan")
+    return VerificationResult(name, backend, nan, nan, False, nan, nan, f"{type(error).__name__}: {error}")
+
+
 def _saturating_input(samples: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """Return rows of +-30 with both signs present, so that no row is constant."""
     signs = torch.ones(samples, size, dtype=torch.float64)
@@ -94,7 +100,7 @@ def verify_activation(
             variable=declaration.variable,
             **activation.layer_options,  # type: ignore[arg-type]
         )
-    except NoRouteError:
+    except (NoRouteError, NotDCPError):
         layer = ProxLayer(
             declaration.regularizer,
             declaration.constraints,

@@ -151,7 +151,7 @@ class Box(Set):
         self.lo = None if lo is None else _set_data(lo, "Box lower bound")
         self.hi = None if hi is None else _set_data(hi, "Box upper bound")
         if isinstance(self.lo, Constant) and isinstance(self.hi, Constant):
-            lo_value, hi_value = np.broadcast_arrays(self.lo.value, self.hi.value)
+            lo_value, hi_value = np.broadcast_arrays(np.atleast_1d(self.lo.value), np.atleast_1d(self.hi.value))
             bad = np.argwhere(lo_value > hi_value)
             if bad.size:
                 where = tuple(int(i) for i in bad[0])

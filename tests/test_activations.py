@@ -1,0 +1,69 @@
+"""The activation identities: each declared prox layer reproduces its torch reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from proxopt.activations import ACTIVATIONS, sparsemax_reference
+from proxopt.cli import main
+from proxopt.verify import GRADIENT_TOLERANCE, VALUE_TOLERANCE, verify_activation
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_identity_on_default_route(name: str) -> None:
+    result = verify_activation(ACTIVATIONS[name], samples=6)
+    assert result.value_error <= VALUE_TOLERANCE, result
+    assert result.grad_error <= GRADIENT_TOLERANCE, result
+    assert result.passed
+
+
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS if n != "batch_norm"])
+def test_identity_on_cvxpy_route(name: str) -> None:
+    result = verify_activation(ACTIVATIONS[name], backend="cvxpy", samples=6)
+    assert result.backend == "cvxpy"
+    assert result.value_error <= VALUE_TOLERANCE, result
+    assert result.grad_error <= GRADIENT_TOLERANCE, result
+
+
+def test_batch_norm_has_no_cvxpy_route() -> None:
+    result = verify_activation(ACTIVATIONS["batch_norm"], backend="cvxpy", samples=4)
+    assert result.backend == "closed_form"
+    assert result.note == "no cvxpy route; used closed_form"
+    assert result.passed
+
+
+def test_sparsemax_reference_sums_to_one() -> None:
+    x = torch.tensor([[0.3, 2.0, 1.9, -5.0]], dtype=torch.float64)
+    output = sparsemax_reference(x)
+    assert torch.allclose(output.sum(-1), torch.ones(1, dtype=torch.float64))
+    assert torch.allclose(output, torch.tensor([[0.0, 0.55, 0.45, 0.0]], dtype=torch.float64))
+
+
+def test_verify_json_lists_every_activation(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["verify", "--json", "--samples", "4"])
+    rows = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert [row["activation"] for row in rows] == list(ACTIVATIONS)
+    for row in rows:
+        assert set(row) >= {"activation", "backend", "value_error", "grad_error", "passed"}
+        assert "saturated_value_error" in row
+        assert "saturated_grad_error" in row
+        assert row["passed"] is True
+
+
+def test_verify_table_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["verify", "relu", "batch_norm", "--samples", "4"])
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "relu" in output
+    assert "batch_norm" in output
+    assert "sat. value" in output
+
+
+def test_explain_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "batch_norm"]) == 0
+    output = capsys.readouterr().out
+    assert "backend: closed_form" in output
