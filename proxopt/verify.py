@@ -11,13 +11,12 @@ wrong there, and the table shows it rather than hiding it.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 
 from proxopt.activations import ACTIVATIONS, Activation
-from proxopt.errors import NoRouteError, NotDCPError, ProxWarning
+from proxopt.errors import NoRouteError, NotDCPError
 from proxopt.layers.prox import ProxLayer
 
 __all__ = [
