@@ -15,6 +15,7 @@ import torch
 from proxopt.backends.base import Backend, BackendOptions, CompiledProx, ProxCall, Unsupported, register_backend
 from proxopt.backends.closed_form import (
     projections,  # noqa: F401 - registers recognizers
+    proxmaps,  # noqa: F401 - registers recognizers
     spheres,  # noqa: F401 - registers recognizers
 )
 from proxopt.backends.closed_form.registry import ClosedFormMatch, recognizers
