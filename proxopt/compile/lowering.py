@@ -149,6 +149,11 @@ def constraint_violation(constraint: Constraint, z: torch.Tensor, values: Values
         return row_violation.reshape(batch, -1).amax(-1)
 
     if isinstance(constraint, Box):
+        for name, expr in constraint.data().items():
+            bound = data[name]
+            if expr.ndim == 0 and bound.ndim:
+                # A per-sample scalar bound has shape (B,), so align it with the entries of each row.
+                data[name] = bound.reshape(bound.shape + (1,) * (rows.ndim - bound.ndim))
         worst = torch.zeros_like(rows)
         if "lo" in data:
             worst = torch.maximum(worst, data["lo"] - rows)

@@ -13,7 +13,11 @@ from collections.abc import Callable
 import torch
 
 from proxopt.backends.base import Backend, BackendOptions, CompiledProx, ProxCall, Unsupported, register_backend
-from proxopt.backends.closed_form import spheres  # noqa: F401 - registers recognizers
+from proxopt.backends.closed_form import (
+    projections,  # noqa: F401 - registers recognizers
+    proxmaps,  # noqa: F401 - registers recognizers
+    spheres,  # noqa: F401 - registers recognizers
+)
 from proxopt.backends.closed_form.registry import ClosedFormMatch, recognizers
 from proxopt.compile.analysis import ProxProblem
 
