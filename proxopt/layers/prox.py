@@ -154,6 +154,7 @@ class ProxLayer(nn.Module):
         fast = self._fast
         if (
             fast is not None
+            and self._lam_float is not None
             and not parameters
             and not self.check
             and isinstance(x, torch.Tensor)
