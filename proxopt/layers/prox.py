@@ -154,6 +154,7 @@ class ProxLayer(nn.Module):
         fast = self._fast
         if (
             fast is not None
+            and self._lam_float is not None
             and not parameters
             and not self.check
             and isinstance(x, torch.Tensor)
@@ -162,7 +163,7 @@ class ProxLayer(nn.Module):
             and x.is_floating_point()
             and x.numel() > 0
         ):
-            return fast(x, self._lam_float)  # type: ignore[arg-type]
+            return fast(x, self._lam_float)
         call = self._prepare(x, parameters)
         if call is None:
             return x.clone()
