@@ -178,6 +178,20 @@ def test_cached_route_rejects_bad_lam(generator: torch.Generator) -> None:
         layer(torch.randn(2, N, generator=generator))
 
 
+@pytest.mark.parametrize("lam", [1.0, torch.tensor(1.0)], ids=["cholesky", "eigen"])
+def test_cache_built_in_inference_mode(generator: torch.Generator, lam: float | torch.Tensor) -> None:
+    z = Variable(N)
+    layer = ProxLayer(quad_form(z - 1.0, _random_psd(np.random.default_rng(14), N)), lam=lam)
+    with torch.inference_mode():
+        layer(torch.randn(2, N, generator=generator))
+    x = torch.randn(2, N, generator=generator, requires_grad=True)
+
+    layer(x).sum().backward()
+
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all()
+
+
 def test_nan_input_propagates_per_row(generator: torch.Generator) -> None:
     z = Variable(N)
     layer = ProxLayer(quad_form(z, _random_psd(np.random.default_rng(13), N)), lam=1.0)

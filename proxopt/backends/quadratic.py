@@ -179,8 +179,10 @@ class _FactorCache:
         factor = self._factors.get(key)
         if factor is None:
             # Factored once in float64 on the CPU, so a float32 layer gets the float64 factor rounded to float32.
-            factor = _factor(_add_identity(self.hessian, a), self.description)
-            factor = factor.to(dtype=like.dtype, device=like.device)
+            # A factor built under torch.inference_mode could not be saved for a later backward pass.
+            with torch.inference_mode(False), torch.no_grad():
+                factor = _factor(_add_identity(self.hessian, a), self.description)
+                factor = factor.to(dtype=like.dtype, device=like.device)
             if len(self._factors) >= FACTOR_CACHE_SIZE:
                 self._factors.pop(next(iter(self._factors)))
             self._factors[key] = factor
@@ -198,7 +200,8 @@ class _TensorCache:
         key = (like.dtype, like.device)
         converted = self._converted.get(key)
         if converted is None:
-            converted = tuple(t.to(dtype=like.dtype, device=like.device) for t in self.tensors)
+            with torch.inference_mode(False), torch.no_grad():
+                converted = tuple(t.to(dtype=like.dtype, device=like.device) for t in self.tensors)
             self._converted[key] = converted
         return converted
 
@@ -294,7 +297,8 @@ class ConstantHessianProx(QuadraticProx):
 
     def _solve_eigen(self, rhs: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         if self._eigen is None:
-            eigenvalues, eigenvectors = torch.linalg.eigh(self.hessian)
+            with torch.inference_mode(False), torch.no_grad():
+                eigenvalues, eigenvectors = torch.linalg.eigh(self.hessian)
             self._eigen = _TensorCache(eigenvalues, eigenvectors)
         eigenvalues, eigenvectors = self._eigen.get(rhs)
 
