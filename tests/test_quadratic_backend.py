@@ -764,6 +764,18 @@ def test_float32_output_dtype(case: int) -> None:
     assert torch.allclose(output.double(), reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("case", range(5), ids=["cached", "eigen", "per_call", "woodbury", "row_laplacian"])
+def test_half_input_solved_in_float32(case: int, dtype: torch.dtype) -> None:
+    _, layer, x, values = _float32_cases()[case]
+
+    output = layer(x.to(dtype), **{name: value.to(dtype) for name, value in values.items()})
+    reference = layer(x.to(dtype).float(), **{name: value.to(dtype).float() for name, value in values.items()})
+
+    assert output.dtype == dtype
+    assert torch.equal(output, reference.to(dtype))
+
+
 @pytest.mark.cuda
 def test_routes_run_on_cuda() -> None:
     device = torch.device("cuda")

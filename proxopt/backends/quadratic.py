@@ -73,6 +73,11 @@ FACTOR_CACHE_SIZE = 8
 
 _NO_INPUT_CHECK = "no input check: NaN or inf input propagates to the output, as in a torch linear solve"
 _GRADIENT_NOTE = "gradients are exact: autograd through the torch.linalg factorization and solves"
+_HALF_NOTE = (
+    "float16 and bfloat16 input is solved in float32 and the result cast back, because torch.linalg "
+    "has no half-precision Cholesky"
+)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # -- shared linear algebra -------------------------------------------------------------
@@ -216,10 +221,12 @@ class QuadraticProx(CompiledProx):
     route = ""
 
     def __init__(self, problem: ProxProblem, summary: str, notes: list[str] | None = None) -> None:
-        super().__init__(summary, [*(notes or []), _GRADIENT_NOTE, _NO_INPUT_CHECK])
+        super().__init__(summary, [*(notes or []), _GRADIENT_NOTE, _NO_INPUT_CHECK, _HALF_NOTE])
         self.problem = problem
 
     def __call__(self, call: ProxCall) -> torch.Tensor:
+        if call.x.dtype in _HALF_DTYPES:
+            return self(_widen_call(call)).to(call.x.dtype)
         y, a = call.merged(self.problem)
         return self.solve(call, y, a)
 
@@ -235,12 +242,27 @@ class QuadraticProx(CompiledProx):
         size = problem.variable.size
 
         def fast(x: torch.Tensor, lam: float) -> torch.Tensor:
+            if x.dtype in _HALF_DTYPES:
+                return fast(x.float(), lam).to(x.dtype)
             flat = x.reshape(-1, size)
             y, a = problem.merged_linear_quadratic(flat, lam, {})
             call = ProxCall(x=flat, lam=lam, values={}, tensors={}, batch_size=None)
             return self.solve(call, y, a).reshape(x.shape)
 
         return fast
+
+
+def _widen_call(call: ProxCall) -> ProxCall:
+    """Return ``call`` with the input, lam and Parameter tensors converted to float32."""
+    values = {key: value.float() for key, value in call.values.items()}
+    return ProxCall(
+        x=call.x.float(),
+        lam=call.lam.float() if isinstance(call.lam, torch.Tensor) else call.lam,
+        values=values,
+        tensors={name: tensor.float() for name, tensor in call.tensors.items()},
+        batch_size=call.batch_size,
+        lead_ndim=call.lead_ndim,
+    )
 
 
 class ScaledIdentityProx(QuadraticProx):
