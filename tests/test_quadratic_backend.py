@@ -235,6 +235,18 @@ def test_eigendecomposition_route_tensor_lam(generator: torch.Generator) -> None
     assert torch.allclose(output, _dense_solve(systems, rhs), atol=1e-12, rtol=0)
 
 
+def test_eigendecomposition_route_matches_cvxpy(generator: torch.Generator) -> None:
+    z = Variable(N)
+    regularizer = quad_form(z - 1.0, _random_psd(np.random.default_rng(15), N))
+    lam = torch.tensor([0.4, 1.0, 2.5], dtype=F64)
+    layer = ProxLayer(regularizer, lam=lam)
+    reference_layer = ProxLayer(regularizer, lam=lam, backend="cvxpy")
+    x = torch.randn(3, N, generator=generator, dtype=F64)
+
+    assert _route(layer) == "cached eigendecomposition"
+    assert torch.allclose(layer(x), reference_layer(x), atol=CVXPY_TOLERANCE, rtol=0)
+
+
 # -- per-call Cholesky -------------------------------------------------------------------
 
 
@@ -529,6 +541,60 @@ def test_per_batch_lead_dims_broadcast(generator: torch.Generator) -> None:
             lam = torch.tensor(float(first + 1), dtype=F64)
             dense = _kronecker_reference(lam * x[first, second], lam, 2.0 * _laplacian(weights))
             assert torch.allclose(output[first, second], dense, atol=1e-12, rtol=0)
+
+
+# -- optimality condition for every route ------------------------------------------------
+
+
+def _optimality_cases() -> list[tuple[ProxLayer, torch.Tensor, dict]]:
+    rng = torch.Generator().manual_seed(7)
+    z = Variable(N)
+    rows = Variable(2, scope="batch")
+    graph = Parameter((BATCH, BATCH), name="W", nonneg=True)
+    psd = _random_psd(np.random.default_rng(16), N)
+    return [
+        (ProxLayer(quad_form(z - 1.0, psd) - 0.1 * sum_squares(z), lam=1.0), torch.randn(3, N, dtype=F64), {}),
+        (
+            ProxLayer(quad_form(z - 1.0, psd), lam=torch.tensor([0.5, 1.0, 2.0], dtype=F64)),
+            torch.randn(3, N, generator=rng, dtype=F64),
+            {},
+        ),
+        (
+            ProxLayer(sum_squares(Parameter((3, N), name="A") @ z + 1.0), lam=0.8),
+            torch.randn(3, N, generator=rng, dtype=F64),
+            {"A": torch.randn(3, 3, N, generator=rng, dtype=F64)},
+        ),
+        (
+            ProxLayer(0.5 * quad_form(z + 1.0, Parameter((N, 2), name="G")), lam=0.8),
+            torch.randn(3, N, generator=rng, dtype=F64),
+            {"G": torch.randn(3, N, 2, generator=rng, dtype=F64)},
+        ),
+        (
+            ProxLayer(laplacian_quadratic(rows - Parameter((BATCH, 2), name="T"), graph), lam=0.8),
+            torch.randn(2, 4, 2, generator=rng, dtype=F64),
+            {"W": torch.rand(2, 4, 4, generator=rng, dtype=F64), "T": torch.randn(4, 2, generator=rng, dtype=F64)},
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5), ids=["cached", "eigen", "per_call", "woodbury", "row_laplacian"])
+def test_optimality_residual_every_route(case: int) -> None:
+    layer, x, values = _optimality_cases()[case]
+    call = layer._prepare(x, values)
+    assert call is not None
+
+    output = layer(x, **values).reshape(x.shape[0], -1)
+
+    # Gradient of (1/2) z^T (a I + H) z - (y - h)^T z at the output, with (H, h) from the terms.
+    y, a = call.merged(layer.problem)
+    a = torch.as_tensor(a, dtype=F64).reshape(-1, 1)
+    gradient = a * output - y.reshape(x.shape[0], -1)
+    for term in layer.problem.residual_terms:
+        hessian, linear = term_quadratic(layer.problem, term, call.values, call.x[0], call.lead_ndim)
+        gradient = gradient + (hessian @ output.unsqueeze(-1)).squeeze(-1)
+        if linear is not None:
+            gradient = gradient + linear
+    assert float(gradient.abs().max()) < 1e-11
 
 
 # -- gradients ---------------------------------------------------------------------------
