@@ -31,8 +31,8 @@ The backend picks one route when the layer is built:
 
   one ``k x k`` system per sample (the ProxLSTM prox ``(I + lam^{-1} delta^2 G G^T)^{-1} s``
   is the case ``k_1 = k``). With constant weights the system is made symmetric by
-  ``U = V diag(w)^{1/2}`` and solved by Cholesky; a Parameter weight is solved by LU, because
-  ``sqrt(w)`` has no derivative at ``w = 0``.
+  ``U = V diag(w)^{1/2}`` and solved by Cholesky. With a Parameter weight it is solved by LU,
+  because ``sqrt(w)`` has no derivative at ``w = 0``.
 * row Laplacian system: a per-batch variable ``Z`` of shape ``(m, n)`` whose terms are all
   ``c_k laplacian_quadratic(s_k Z + T_k, W_k)``. Each acts on the rows, so
 
