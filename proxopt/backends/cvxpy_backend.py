@@ -51,16 +51,13 @@ import torch
 
 from proxopt.backends.base import Backend, BackendOptions, CompiledProx, ProxCall, Unsupported, register_backend
 from proxopt.compile.analysis import ProxProblem, Term, resolve_shape, scaled_variable_form
-from proxopt.compile.evaluate import affine_coefficients, evaluate
 from proxopt.compile.lowering import constraint_violation, lower_constraint, lower_expression
+from proxopt.compile.quadratic_terms import term_quadratic
 from proxopt.dsl.atoms import (
     BinaryNegEntropy,
-    LaplacianQuadratic,
     Logistic,
     NegEntropy,
     PartExpression,
-    QuadForm,
-    SumSquares,
 )
 from proxopt.dsl.expressions import Constant, Parameter
 from proxopt.dsl.sets import Box, Inequality
@@ -397,7 +394,7 @@ class CvxpyProx(CompiledProx):
         size = math.prod(compiled.shape)
         hessian = call.x.new_zeros(size, size)
         for term in self.problem.terms_of_kind("quadratic"):
-            hessian = hessian + _term_quadratic(self.problem, term, call)[0]
+            hessian = hessian + term_quadratic(self.problem, term, call.values, call.x[0], call.lead_ndim)[0]
         a_value = torch.as_tensor(a, dtype=call.x.dtype, device=call.x.device)
         identity = torch.eye(size, dtype=call.x.dtype, device=call.x.device)
         matrix = a_value.reshape(a_value.shape + (1, 1)) * identity + hessian
@@ -415,7 +412,7 @@ class CvxpyProx(CompiledProx):
         """Return the linear parts ``sum_k h_k`` of the merged quadratic terms, or None."""
         total: torch.Tensor | None = None
         for term in self.problem.terms_of_kind("quadratic"):
-            linear = _term_quadratic(self.problem, term, call)[1]
+            linear = term_quadratic(self.problem, term, call.values, call.x[0], call.lead_ndim)[1]
             if linear is not None:
                 total = linear if total is None else total + linear
         if total is None:
@@ -470,41 +467,6 @@ class CvxpyProx(CompiledProx):
             failed = list(items)
             first_status = "optimal when re-solved by cvxpy; diffcp failed"
         return failed, first_status
-
-
-def _term_quadratic(problem: ProxProblem, term: Term, call: ProxCall) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Return ``(H, h)`` with ``term(z) = (1/2) z^T H z + h^T z + const``.
-
-    ``z`` is flattened row-major; ``H`` has shape ``(*lead, d, d)``, ``h`` ``(*lead, d)``
-    or None when the quadratic has no linear part.
-    """
-    atom = term.atom
-    assert atom is not None
-    template = call.x[0]
-    argument = atom.argument
-    matrix, offset = affine_coefficients(argument, id(problem.variable), call.values, template, call.lead_ndim)
-    if isinstance(atom, SumSquares):
-        form = torch.eye(matrix.shape[-2], dtype=matrix.dtype, device=matrix.device)
-    elif isinstance(atom, QuadForm):
-        value = evaluate(atom.matrix, call.values, template)
-        form = value @ value.transpose(-1, -2) if atom.factored else value
-    elif isinstance(atom, LaplacianQuadratic):
-        weights = evaluate(atom.weights, call.values, template)
-        form = LaplacianQuadratic.laplacian_matrix(weights)
-        if argument.ndim == 2:
-            eye = torch.eye(int(argument.shape[1]), dtype=form.dtype, device=form.device)
-            form = torch.kron(form, eye) if form.ndim == 2 else torch.stack([torch.kron(f, eye) for f in form])
-    else:
-        raise TypeError(f"{atom!r} is not a quadratic atom")
-
-    weight = term.coefficient.value(call.values, template)
-    weight = torch.as_tensor(weight, dtype=matrix.dtype, device=matrix.device)
-    transposed = matrix.transpose(-1, -2)
-    hessian = 2.0 * weight.reshape(weight.shape + (1, 1)) * (transposed @ form @ matrix)
-    if bool((offset == 0).all()):
-        return hessian, None
-    linear = (transposed @ (form @ offset.unsqueeze(-1))).squeeze(-1)
-    return hessian, 2.0 * weight.reshape(weight.shape + (1,)) * linear
 
 
 def _to_solver(tensor: torch.Tensor) -> torch.Tensor:

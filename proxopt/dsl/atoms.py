@@ -495,7 +495,8 @@ class LaplacianQuadratic(Atom):
     ``u^T (D_r + D_c - W - W^T) u``, where ``D_r`` and ``D_c`` are the diagonal matrices of
     row and column sums of ``W``; for symmetric ``W`` that is ``2 u^T L u`` with the graph
     Laplacian ``L = D - W``. ``W`` is a constant with nonnegative entries or a Parameter
-    declared ``nonneg=True``.
+    declared ``nonneg=True``. On a per-batch variable of shape ``(BATCH, n)`` a constant ``W``
+    of shape ``(k, k)`` is allowed and the layer then accepts mini-batches of ``k`` rows only.
     """
 
     quadratic = True
@@ -508,7 +509,10 @@ class LaplacianQuadratic(Atom):
                 f"{format_shape(argument.shape)}."
             )
         m = argument.shape[0]
-        if weights.shape != (m, m):
+        # A constant k x k graph over the rows of a per-batch variable fixes the mini-batch size to k.
+        square = weights.ndim == 2 and weights.shape[0] == weights.shape[1]
+        fixed_rows = m is BATCH and isinstance(weights, Constant) and square
+        if weights.shape != (m, m) and not fixed_rows:
             raise ShapeError(
                 f"laplacian_quadratic weights have shape {format_shape(weights.shape)}; "
                 f"expected {format_shape((m, m))} to match {argument!r}."

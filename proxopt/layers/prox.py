@@ -163,7 +163,7 @@ class ProxLayer(nn.Module):
             and x.is_floating_point()
             and x.numel() > 0
         ):
-            return fast(x, self._lam_float)  # type: ignore[arg-type]
+            return fast(x, self._lam_float)
         call = self._prepare(x, parameters)
         if call is None:
             return x.clone()
