@@ -83,3 +83,19 @@ def test_describe_reads_like_math() -> None:
     z = po.Variable(3)
     problem = analyze(0.1 * po.norm1(z) - 0.5 * po.sum_squares(z), [z >= 0], None)
     assert problem.describe() == "0.1 * norm1(z) - 0.5 * sum_squares(z)  s.t. 0 <= z"
+
+
+def test_linear_term_under_inference_mode() -> None:
+    z = po.Variable(3)
+    shift = po.Parameter(3, name="w")
+    layer = po.ProxLayer(po.sum(shift * z) + po.sum_squares(z - 1))
+    w = torch.tensor([1.0, -2.0, 0.5])
+    x = torch.zeros(2, 3)
+    with torch.inference_mode():
+        inferred = layer(x, w=w)
+    # (1 + 2) z = x + 2 * 1 - w for lam = 1.
+    expected = (x + 2.0 - w) / 3.0
+    assert torch.allclose(inferred, expected)
+    trained = layer(x.requires_grad_(True), w=w)
+    trained.sum().backward()
+    assert torch.allclose(trained.detach(), expected)

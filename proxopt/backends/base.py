@@ -87,7 +87,7 @@ class ProxCall:
     def merged(self, problem: ProxProblem) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Return ``(y, a)`` of the merged objective, computed once per call."""
         if self._merged is None:
-            self._merged = problem.merged_linear_quadratic(self.x, self.lam, self.values)
+            self._merged = problem.merged_linear_quadratic(self.x, self.lam, self.values, self.lead_ndim)
         return self._merged
 
 

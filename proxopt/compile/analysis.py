@@ -237,6 +237,7 @@ class ProxProblem:
         x: torch.Tensor,
         lam: torch.Tensor | float,
         values: Values,
+        lead_ndim: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Return ``(y, a)`` of the merged objective (*).
 
@@ -244,6 +245,7 @@ class ProxProblem:
             x: input of the variable's batched shape ``(B, *shape)``.
             lam: a float, or a tensor of shape ``()`` or ``(B,)``.
             values: parameter tensors by ``id`` (shared, or with leading dim ``B``).
+            lead_ndim: 1 when some tensor in ``values`` has the leading dim ``B``, else 0.
 
         Returns:
             ``y`` of the shape of ``x`` and ``a`` as a float or a tensor of shape ``()``
@@ -266,7 +268,7 @@ class ProxProblem:
                     y = y - 2.0 * scale * weight_b * offset
             elif term.kind == "linear":
                 weight = term.coefficient.value(values, x)
-                gradient = linear_gradient(term.expr, id(self.variable), values, torch.zeros_like(x))
+                gradient = linear_gradient(term.expr, id(self.variable), values, x[0], lead_ndim)
                 y = y - _expand_trailing(weight, self.variable.ndim) * gradient
         return y, a
 

@@ -36,7 +36,9 @@ def constant_tensor(constant: Constant, like: torch.Tensor) -> torch.Tensor:
     key = (like.dtype, like.device)
     tensor = cache.get(key)
     if tensor is None:
-        tensor = torch.as_tensor(constant.value, dtype=like.dtype, device=like.device)
+        # A tensor created under inference mode could not be saved for backward later.
+        with torch.inference_mode(False):
+            tensor = torch.as_tensor(constant.value, dtype=like.dtype, device=like.device)
         cache[key] = tensor
     return tensor
 
@@ -104,22 +106,19 @@ def evaluate(expr: Expression, values: Values, like: torch.Tensor) -> torch.Tens
     raise TypeError(f"cannot evaluate expression node {type(expr).__name__}")
 
 
-def linear_gradient(expr: Expression, variable_id: int, values: Values, zero: torch.Tensor) -> torch.Tensor:
+def linear_gradient(
+    expr: Expression, variable_id: int, values: Values, template: torch.Tensor, lead_ndim: int
+) -> torch.Tensor:
     """Return the gradient of a scalar affine ``expr`` with respect to the variable.
 
-    ``zero`` is a zero tensor of the variable's batched shape ``(B, *shape)``. The result
-    has that shape and stays differentiable with respect to the parameters in ``values``.
+    ``template`` is a tensor of the variable's unbatched shape and ``lead_ndim`` the
+    number of leading dims of the parameter tensors (see :func:`affine_coefficients`).
+    The result has shape ``(*lead, *variable_shape)`` and stays differentiable with
+    respect to the parameters. It is built from evaluations on a basis rather than by
+    autograd, so it also works under ``torch.inference_mode``.
     """
-    with torch.enable_grad():
-        point = zero.detach().requires_grad_(True)
-        local = dict(values)
-        local[variable_id] = point
-        value = evaluate(expr, local, zero)
-        value = value.expand(zero.shape[:1]) if value.ndim == 0 else value
-        (gradient,) = torch.autograd.grad(value.sum(), point, create_graph=torch.is_grad_enabled(), allow_unused=True)
-    if gradient is None:
-        return torch.zeros_like(zero)
-    return gradient
+    matrix, _ = affine_coefficients(expr, variable_id, values, template, lead_ndim)
+    return matrix[..., 0, :].reshape(*matrix.shape[:-2], *template.shape)
 
 
 def affine_coefficients(
