@@ -20,8 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from proxopt.compile.analysis import Coefficient, ProxProblem, Term, scaled_variable_form
+from proxopt.compile.evaluate import evaluate
 from proxopt.dsl.atoms import Atom, PartExpression
 from proxopt.dsl.expressions import (
     Constant,
@@ -189,6 +191,13 @@ def canonical_form(problem: ProxProblem) -> CanonicalProblem | None:
     return CanonicalProblem(problem, terms, sets)
 
 
+def _constant_scalar(expr: Expression) -> float | None:
+    """Return the value of a scalar expression of constants only (``2 * z - 1`` has the offset ``-(1)``)."""
+    if expr.shape != () or expr.parameters() or expr.depends_on_variable:
+        return None
+    return float(evaluate(expr, {}, torch.zeros((), dtype=torch.float64)))
+
+
 def _canonical_term(term: Term, variable: Variable) -> CanonicalTerm | None:
     atom = term.atom
     if atom is None:
@@ -203,9 +212,10 @@ def _canonical_term(term: Term, variable: Variable) -> CanonicalTerm | None:
         return None
     shift = 0.0
     if form.offset is not None:
-        if not (isinstance(form.offset, Constant) and form.offset.shape == ()):
+        folded = _constant_scalar(form.offset)
+        if folded is None:
             return None
-        shift = float(form.offset.value)
+        shift = folded
     for factor in term.coefficient.factors:
         if not isinstance(factor, Parameter) or factor.shape != ():
             return None
