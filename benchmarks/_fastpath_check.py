@@ -46,20 +46,25 @@ def _register_temporary_relu() -> None:
     print(f"note: timing relu with a temporary closed-form entry ({len(recognizers())} recognizers)")
 
 
-def time_forward_backward(function: Function, x: torch.Tensor, repeats: int) -> float:
-    """Return the median seconds of one forward and backward pass of ``function`` at ``x``."""
+def time_forward_backward(functions: list[Function], x: torch.Tensor, repeats: int) -> list[float]:
+    """Return the median seconds of one forward and backward pass of each function at ``x``.
+
+    The functions take turns within every repeat, so a change in machine load during
+    the run affects all of them alike.
+    """
     grad = torch.randn_like(x)
     leaf = x.detach().requires_grad_()
-    samples = []
+    samples: list[list[float]] = [[] for _ in functions]
     for index in range(repeats + 10):
-        start = time.perf_counter()
-        out = function(leaf)
-        out.backward(grad)
-        elapsed = time.perf_counter() - start
-        leaf.grad = None
-        if index >= 10:  # the first calls warm up caches and allocators
-            samples.append(elapsed)
-    return statistics.median(samples)
+        for function, times in zip(functions, samples, strict=True):
+            start = time.perf_counter()
+            out = function(leaf)
+            out.backward(grad)
+            elapsed = time.perf_counter() - start
+            leaf.grad = None
+            if index >= 10:  # the first calls warm up caches and allocators
+                times.append(elapsed)
+    return [statistics.median(times) for times in samples]
 
 
 def main() -> None:
@@ -85,8 +90,7 @@ def main() -> None:
         if layer.plan.backend != "closed_form":
             print(f"{name:<12}{layer.plan.backend:<13}  skipped: no closed form yet")
             continue
-        native = time_forward_backward(activation.reference, x, args.repeats)
-        proxy = time_forward_backward(layer, x, args.repeats)
+        proxy, native = time_forward_backward([layer, activation.reference], x, args.repeats)
         print(f"{name:<12}{layer.plan.backend:<13}{proxy * 1e3:>10.3f}{native * 1e3:>10.3f}{proxy / native:>8.2f}")
 
 
