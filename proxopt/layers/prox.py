@@ -119,6 +119,7 @@ class ProxLayer(nn.Module):
         self._fast = self.plan.compiled.fast_path() if not self.problem.parameters else None
         self._size = self.problem.variable.size
         self._per_batch = self.problem.per_batch
+        self._min_ndim = 2 if self._per_batch else 1
 
     # -- lam ---------------------------------------------------------------------------
     @property
@@ -151,19 +152,23 @@ class ProxLayer(nn.Module):
 
     # -- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, **parameters: torch.Tensor) -> torch.Tensor:
+        # Fast path: a closed form with no Parameters and a float lam takes valid input
+        # directly, without building a ProxCall. It checks only what _prepare would reject,
+        # so any other input goes down the validated path and gets the same errors.
         fast = self._fast
+        lam = self._lam_float
         if (
             fast is not None
-            and self._lam_float is not None
+            and lam is not None
             and not parameters
             and not self.check
             and isinstance(x, torch.Tensor)
-            and x.ndim >= 1
+            and x.ndim >= self._min_ndim
             and x.shape[-1] == self._size
             and x.is_floating_point()
             and x.numel() > 0
         ):
-            return fast(x, self._lam_float)
+            return fast(x, lam)
         call = self._prepare(x, parameters)
         if call is None:
             return x.clone()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+import proxopt.backends.closed_form.entropic  # noqa: F401 - registers recognizers
 from proxopt.backends.base import Backend, BackendOptions, CompiledProx, ProxCall, Unsupported, register_backend
 from proxopt.backends.closed_form import (
     projections,  # noqa: F401 - registers recognizers
