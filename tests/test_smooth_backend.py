@@ -1,4 +1,4 @@
-"""Tests of the smooth backend: inner solves, both backward modes and outcomes.
+"""Tests of the smooth backend: inner solves, both backward modes, outcomes and softplus.
 
 Tolerance arithmetic of the gradient checks (float64): the forward solves run to a
 gradient tolerance of 1e-12, so each solution is off by at most 1e-12 / mu, where
@@ -10,15 +10,20 @@ h = (1e-12)^(1/3) = 1e-4, so its own error is about h^2 + 1e-12 / h ~ 2e-8 times
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
 import pytest
 import torch
+from scipy.special import spence
 
 import proxopt as po
+from proxopt.activations import ACTIVATIONS
 from proxopt.backends.smooth.gradients import conjugate_gradient
 from proxopt.backends.smooth.objective import hessian_matrix
+from proxopt.special import dilogarithm, dilogarithm_exp
+from proxopt.verify import verify_activation
 
 TIGHT = {"tol": 1e-12}
 GRADCHECK = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-5}
@@ -408,6 +413,86 @@ def test_hessian_paths_agree(generator: torch.Generator) -> None:
     looped = hessian_matrix(point, gradient, vectorized=False)
     batched = hessian_matrix(point, gradient, vectorized=True)
     assert torch.allclose(looped, batched, atol=1e-14, rtol=0)
+
+
+# -- softplus and the dilogarithm -------------------------------------------------------------
+
+
+def test_dilogarithm_matches_mpmath() -> None:
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    u = torch.linspace(0, 1, 401, dtype=torch.float64)
+    reference = torch.tensor([float(mpmath.polylog(2, mpmath.mpf(float(v)))) for v in u], dtype=torch.float64)
+    # One rounding of values up to pi^2 / 6 < 2 is 2.2e-16.
+    assert torch.allclose(dilogarithm(u), reference, atol=4.5e-16, rtol=0)
+
+
+def test_dilogarithm_matches_scipy() -> None:
+    u = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    # scipy's spence(w) is Li2(1 - w); scipy 1.x is accurate to about 2e-15 here (against mpmath).
+    reference = torch.from_numpy(spence(1 - u.numpy()))
+    assert torch.allclose(dilogarithm(u), reference, atol=4e-15, rtol=0)
+    assert dilogarithm(torch.tensor(1.0, dtype=torch.float64)).item() == pytest.approx(math.pi**2 / 6, abs=1e-15)
+
+
+def test_dilogarithm_derivatives_are_exact() -> None:
+    u = torch.linspace(0.01, 0.99, 99, dtype=torch.float64, requires_grad=True)
+    (first,) = torch.autograd.grad(dilogarithm(u).sum(), u, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), u)
+    plain = u.detach()
+    # Li2'(u) = -log(1 - u) / u and Li2''(u) = 1 / (u (1 - u)) + log(1 - u) / u^2.
+    assert torch.allclose(first, -torch.log1p(-plain) / plain, atol=1e-14, rtol=0)
+    expected = 1 / (plain * (1 - plain)) + torch.log1p(-plain) / plain**2
+    assert torch.allclose(second, expected, atol=0, rtol=1e-12)
+
+
+def test_dilogarithm_outside_domain_is_nan() -> None:
+    values = dilogarithm(torch.tensor([-0.5, 1.5], dtype=torch.float64))
+    assert bool(values.isnan().all())
+    assert bool(dilogarithm_exp(torch.tensor([0.5], dtype=torch.float64)).isnan().all())
+
+
+def test_dilogarithm_exp_keeps_precision() -> None:
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    t = -torch.logspace(-13, 2, 200, dtype=torch.float64)
+    leaf = t.clone().requires_grad_()
+    value = dilogarithm_exp(leaf)
+    (first,) = torch.autograd.grad(value.sum(), leaf, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), leaf)
+    reference = [mpmath.exp(mpmath.mpf(float(v))) for v in t]
+    expected_value = torch.tensor([float(mpmath.polylog(2, u)) for u in reference], dtype=torch.float64)
+    expected_first = torch.tensor([float(-mpmath.log(1 - u)) for u in reference], dtype=torch.float64)
+    assert torch.allclose(value.detach(), expected_value, atol=4.5e-16, rtol=0)
+    # Relative precision near t = 0, where -log(1 - e^t) ~ -log(-t) and 1 - e^t has few digits.
+    assert torch.allclose(first, expected_first, atol=0, rtol=1e-15)
+    assert torch.allclose(second, 1 / torch.expm1(-t), atol=0, rtol=1e-15)
+
+
+def test_softplus_activation_verifies() -> None:
+    result = verify_activation(ACTIVATIONS["softplus"])
+    assert result.backend == "smooth"
+    assert result.value_error <= 1e-6
+    assert result.grad_error <= 1e-5
+    assert result.passed
+    # Saturated inputs (|x| = 30) are informational in verify; the stable dilogarithm keeps
+    # them at rounding level too.
+    assert result.saturated_value_error <= 1e-9
+    assert result.saturated_grad_error <= 1e-9
+
+
+def test_softplus_layer_matches_torch(generator: torch.Generator) -> None:
+    activation = ACTIVATIONS["softplus"]
+    declaration = activation.declare(6)
+    layer = po.ProxLayer(
+        declaration.regularizer,
+        declaration.constraints,
+        variable=declaration.variable,
+        **activation.layer_options,  # type: ignore[arg-type]
+    )
+    x = (16 * torch.rand(5, 6, generator=generator, dtype=torch.float64) - 8).requires_grad_()
+    assert torch.allclose(layer(x), torch.nn.functional.softplus(x), atol=1e-9, rtol=0)
+    assert torch.autograd.gradcheck(layer, (x,), **GRADCHECK)
 
 
 @pytest.mark.cuda
