@@ -177,7 +177,7 @@ ACTIVATIONS: dict[str, Activation] = {
             "R = sum Li2(exp(-z)) on z > 0 (Li2 = dilogarithm; smooth backend)",
             _softplus,
             F.softplus,
-            layer_options={"allow_smooth": True, "smooth_options": {"domain": (0.0, None)}},
+            layer_options={"allow_smooth": True, "smooth_options": {"domain": (0.0, None), "separable": True}},
         ),
         Activation(
             "batch_norm",

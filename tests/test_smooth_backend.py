@@ -191,6 +191,42 @@ def test_newton_and_lbfgs_agree(generator: torch.Generator) -> None:
     assert newton.solver_outcome.method == "newton"
 
 
+def test_separable_problem_uses_diagonal(generator: torch.Generator) -> None:
+    z = po.Variable(100)
+    regularizer = po.logistic(z) + po.huber(z - 1, 0.5) + po.binary_neg_entropy(0.5 * z + 0.5)
+    diagonal = po.ProxLayer(regularizer, lam=1.0, backend="smooth", smooth_options=TIGHT)
+    dense = po.ProxLayer(
+        regularizer, lam=1.0, backend="smooth", smooth_options={**TIGHT, "separable": False, "method": "newton"}
+    )
+    # Inputs of size <= 4 keep z away from the ends of binary_neg_entropy's domain (-1, 1),
+    # where 1 - (z + 1) / 2 loses the digits a gradient tolerance of 1e-12 needs.
+    x = torch.randn(4, 100, generator=generator, dtype=torch.float64)
+    assert "diagonal" in diagonal.explain()
+    assert torch.allclose(diagonal(x), dense(x), atol=1e-10, rtol=0)
+    assert diagonal.solver_outcome.method == "newton"
+    assert int(diagonal.solver_outcome.iterations.max()) <= 20
+
+
+def test_separable_gradients_pass_gradcheck(generator: torch.Generator) -> None:
+    z = po.Variable(4)
+    shift = po.Parameter(4, name="shift")
+    regularizer = po.logistic(z - shift) + po.smooth(_negative_cosine, z)
+    layer = po.ProxLayer(regularizer, lam=1.5, backend="smooth", smooth_options={**TIGHT, "separable": True})
+    x = torch.randn(3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    shift_value = torch.randn(3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert "diagonal" in layer.explain()
+    assert torch.autograd.gradcheck(lambda x, s: layer(x, shift=s), (x, shift_value), **GRADCHECK)
+
+
+def test_false_separable_claim_raises(generator: torch.Generator) -> None:
+    z = po.Variable(4)
+    coupled = po.smooth(lambda v: torch.log(torch.cosh(v.sum(-1))), z, convex=True, name="logcosh_of_sum")
+    layer = po.ProxLayer(coupled, lam=1.0, backend="smooth", smooth_options={"separable": True})
+    x = torch.randn(2, 4, generator=generator, dtype=torch.float64)
+    with pytest.raises(po.InvalidInputError, match=r"not diagonal"):
+        layer(x)
+
+
 def test_float32_converges_at_default_tolerance(generator: torch.Generator) -> None:
     z = po.Variable(80)
     regularizer = po.smooth(_logcosh, z, convex=True) + po.logistic(z)
@@ -479,6 +515,24 @@ def test_softplus_activation_verifies() -> None:
     # them at rounding level too.
     assert result.saturated_value_error <= 1e-9
     assert result.saturated_grad_error <= 1e-9
+
+
+def test_wide_softplus_converges_quickly(generator: torch.Generator) -> None:
+    activation = ACTIVATIONS["softplus"]
+    declaration = activation.declare(200)
+    layer = po.ProxLayer(
+        declaration.regularizer,
+        declaration.constraints,
+        variable=declaration.variable,
+        **activation.layer_options,  # type: ignore[arg-type]
+    )
+    x = 60 * torch.rand(8, 200, generator=generator, dtype=torch.float64) - 30
+    output = layer(x)
+    outcome = layer.solver_outcome
+    # The reference is log1p(exp(x)) because torch's softplus returns x itself above x = 20.
+    assert torch.allclose(output, torch.log1p(torch.exp(x)), atol=1e-9, rtol=0)
+    assert outcome.all_converged
+    assert int(outcome.iterations.max()) <= 40
 
 
 def test_softplus_layer_matches_torch(generator: torch.Generator) -> None:

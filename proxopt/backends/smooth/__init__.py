@@ -43,7 +43,9 @@ from proxopt.backends.smooth.gradients import (
 )
 from proxopt.backends.smooth.objective import (
     Objective,
+    hessian_diagonal,
     hessian_vector_product,
+    is_separable,
     residual_parameters,
     term_domain,
     unsupported_reasons,
@@ -91,11 +93,13 @@ def _move_inside(z: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
     return z
 
 
-def _describe_gradient(options: SmoothOptions) -> str:
+def _describe_gradient(options: SmoothOptions, separable: bool) -> str:
     if options.gradient == "perturbation":
         return "gradients by perturbation: central differences of two warm-started solves per backward pass"
     solvers = {
-        "auto": f"Cholesky for items of at most {NEWTON_MAX_SIZE} entries, else conjugate gradients",
+        "auto": "division by the Hessian's diagonal"
+        if separable
+        else f"Cholesky for items of at most {NEWTON_MAX_SIZE} entries, else conjugate gradients",
         "direct": "Cholesky",
         "cg": "conjugate gradients",
     }
@@ -166,13 +170,18 @@ class SmoothProx(CompiledProx):
         self.options = options
         self.domain = domain
         self.parameters: list[Parameter] = residual_parameters(problem)
+        inferred = is_separable(problem)
+        self.separable = inferred if options.separable is None else options.separable
+        # A separable R declared by the user is checked at every solution.
+        self.check_separable = self.separable and not inferred
         self.last_outcome: SolverOutcome | None = None
         self.last_backward_outcome: BackwardOutcome | None = None
-        method = (
-            f"damped Newton for items of at most {NEWTON_MAX_SIZE} entries, else L-BFGS"
-            if options.method == "auto"
-            else {"newton": "damped Newton", "lbfgs": "L-BFGS"}[options.method]
-        )
+        if options.method == "auto" and not self.separable:
+            method = f"damped Newton for items of at most {NEWTON_MAX_SIZE} entries, else L-BFGS"
+        elif options.method == "lbfgs":
+            method = "L-BFGS"
+        else:
+            method = "damped Newton" + (" with the diagonal Hessian of a separable R" if self.separable else "")
         tolerance = f"{options.tol:g}" if options.tol is not None else "1e-10 (float64) or 1e-4 (float32)"
         if options.initial is not None:
             start = "smooth_options['initial'](x)"
@@ -182,7 +191,7 @@ class SmoothProx(CompiledProx):
             start = "z = x"
         notes = [
             f"inner solve by {method}, from {start}, until the gradient's max abs entry is at most {tolerance}",
-            _describe_gradient(options),
+            _describe_gradient(options, self.separable),
         ]
         if not problem.is_convex:
             notes.append("the problem is nonconvex: the output is a local minimizer reached from z = x")
@@ -212,9 +221,9 @@ class SmoothProx(CompiledProx):
                 "defined, or {'initial': f} with a function f(x) that returns points where it is."
             )
         size = start.shape[-1]
-        method = method or self.options.resolve_method(size)
+        method = method or self.options.resolve_method(size, self.separable)
         dtype = start.dtype
-        return minimize(
+        z, outcome = minimize(
             objective,
             start,
             method,
@@ -223,7 +232,35 @@ class SmoothProx(CompiledProx):
             self.options.history,
             self.domain,
             self.options.max_backtracks,
+            self.separable,
         )
+        if self.check_separable:
+            self._check_diagonal_hessian(objective, z)
+        return z, outcome
+
+    def _check_diagonal_hessian(self, objective: Objective, z: torch.Tensor) -> None:
+        """Raise InvalidInputError unless ``H v = diag(H) * v`` for a random ``v`` at ``z``.
+
+        For a Hessian with an off-diagonal entry, the two differ for almost every ``v``;
+        agreement to ``sqrt(eps)`` relative is accepted as rounding.
+        """
+        point, gradient = objective.gradient_graph(z)
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+        product = hessian_vector_product(point, gradient, probe).detach()
+        diagonal = hessian_diagonal(point, gradient).detach() * probe
+        mismatch = (product - diagonal).abs().amax(-1)
+        scale = torch.maximum(product.abs().amax(-1), diagonal.abs().amax(-1))
+        coupled = mismatch > torch.finfo(z.dtype).eps ** 0.5 * scale
+        if bool(coupled.any()):
+            items = [int(i) for i in torch.nonzero(coupled).flatten().cpu()]
+            first = items[0]
+            raise InvalidInputError(
+                f"smooth_options['separable'] is True, but the Hessian of R is not diagonal at the solution of "
+                f"batch items {items[:10]}{' ...' if len(items) > 10 else ''} (item {first}: off-diagonal part "
+                f"{float(mismatch[first]):.3g} of {float(scale[first]):.3g}). Remove the option, because R couples "
+                "entries."
+            )
 
     def adjoint(
         self,
@@ -239,7 +276,7 @@ class SmoothProx(CompiledProx):
         size = z.shape[-1]
         dtype = z.dtype
         if self.options.gradient == "implicit":
-            solver = self.options.resolve_linear_solver(size)
+            solver = self.options.resolve_linear_solver(size, self.separable)
             max_iter = self.options.cg_max_iter or 2 * size + 20
             solution, outcome = implicit_solve(
                 objective, z, grad_output, solver, self.options.cg_tolerance(dtype), max_iter

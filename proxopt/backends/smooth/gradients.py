@@ -13,10 +13,11 @@ So for an upstream gradient ``g`` the backward pass solves ``K w = g`` and retur
 product of ``G`` for ``a`` and the Parameters. Gradients for ``x`` and ``lam`` follow by
 autograd through ``y = lam x + ...`` and ``a = lam + ...``, which gives ``dL/dx = lam w``.
 
-``w`` comes from one of three solvers:
+``w`` comes from one of four solvers:
 
 * conjugate gradients with Hessian-vector products (double backward), batched;
 * a dense Hessian from ``d`` Hessian-vector products and a Cholesky solve, for small ``d``;
+* a division by the Hessian's diagonal, for a separable ``R`` (one Hessian-vector product);
 * perturbation: ``K^{-1} = dz*/dy`` is symmetric, so
   ``K^{-1} g ~ (z*(y + h g) - z*(y - h g)) / (2 h)`` from two warm-started solves
   (Domke, "Implicit differentiation by perturbation", NeurIPS 2010).
@@ -29,9 +30,18 @@ from dataclasses import dataclass
 
 import torch
 
-from proxopt.backends.smooth.objective import Objective, hessian_matrix, hessian_vector_product
+from proxopt.backends.smooth.objective import Objective, hessian_diagonal, hessian_matrix, hessian_vector_product
 
-__all__ = ["BackwardOutcome", "conjugate_gradient", "direct_solve", "perturbation_step", "adjoint_gradients"]
+__all__ = [
+    "BackwardOutcome",
+    "conjugate_gradient",
+    "direct_solve",
+    "diagonal_solve",
+    "implicit_solve",
+    "perturbation_step",
+    "perturbation_solve",
+    "adjoint_gradients",
+]
 
 
 @dataclass(frozen=True)
@@ -39,16 +49,16 @@ class BackwardOutcome:
     """The result of one backward solve ``K w = g``; tensors have one entry per batch item.
 
     Attributes:
-        mode: ``"cg"``, ``"direct"`` or ``"perturbation"``.
+        mode: ``"cg"``, ``"direct"``, ``"diagonal"`` or ``"perturbation"``.
         converged: bool tensor: the linear solve (or both perturbed solves) converged.
         iterations: int64 tensor: conjugate-gradient iterations, or the larger iteration
-            count of the two perturbed solves (0 for ``"direct"``).
-        residual: the relative residual ``||K w - g|| / ||g||`` (``"cg"``, ``"direct"``), or
-            the larger final gradient norm of the two perturbed solves.
+            count of the two perturbed solves (0 for ``"direct"`` and ``"diagonal"``).
+        residual: the relative residual ``||K w - g|| / ||g||`` (``"cg"``, ``"direct"``,
+            ``"diagonal"``), or the larger final gradient norm of the two perturbed solves.
         not_positive_definite: bool tensor: ``K`` was found not positive definite (the
             item's gradient is set to zero).
         smallest_curvature: ``p^T K p / p^T p`` at the first nonpositive curvature found by
-            conjugate gradients, the smallest eigenvalue of ``K`` (direct), or ``w^T K w / w^T w``
+            conjugate gradients, the smallest eigenvalue of ``K`` (direct, diagonal), or ``w^T K w / w^T w``
             (perturbation); NaN where ``K`` looked positive definite.
     """
 
@@ -128,11 +138,27 @@ def direct_solve(hessian: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor
     return solution, BackwardOutcome("direct", ~indefinite, iterations, relative, indefinite, smallest)
 
 
+def diagonal_solve(diagonal: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, BackwardOutcome]:
+    """Solve ``K w = rhs`` per item for a diagonal ``K``; flag items with an entry ``<= 0``."""
+    positive = diagonal > 0
+    indefinite = ~positive.all(-1)
+    solution = torch.where(positive, rhs / torch.where(positive, diagonal, 1.0), 0.0)
+    solution = torch.where(indefinite.unsqueeze(-1), 0.0, solution)
+    smallest = torch.where(indefinite, diagonal.amin(-1), torch.full_like(diagonal[:, 0], float("nan")))
+    residual = rhs - diagonal * solution
+    norm = rhs.norm(dim=-1)
+    relative = residual.norm(dim=-1) / torch.where(norm > 0, norm, 1.0)
+    iterations = torch.zeros(rhs.shape[0], dtype=torch.int64, device=rhs.device)
+    return solution, BackwardOutcome("diagonal", ~indefinite, iterations, relative, indefinite, smallest)
+
+
 def implicit_solve(
     objective: Objective, z: torch.Tensor, rhs: torch.Tensor, solver: str, tol: float, max_iter: int
 ) -> tuple[torch.Tensor, BackwardOutcome]:
-    """Solve ``K w = rhs`` with ``K`` the Hessian of ``F`` at ``z``, by ``"cg"`` or ``"direct"``."""
+    """Solve ``K w = rhs`` with ``K`` the Hessian of ``F`` at ``z``, by ``"cg"``, ``"direct"`` or ``"diagonal"``."""
     point, gradient = objective.gradient_graph(z)
+    if solver == "diagonal":
+        return diagonal_solve(hessian_diagonal(point, gradient).detach(), rhs)
     if solver == "direct":
         return direct_solve(hessian_matrix(point, gradient).detach(), rhs)
     solution, outcome = conjugate_gradient(

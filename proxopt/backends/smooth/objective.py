@@ -32,7 +32,16 @@ from proxopt.dsl.atoms import (
 )
 from proxopt.dsl.expressions import Parameter
 
-__all__ = ["Objective", "unsupported_reasons", "term_domain", "residual_parameters"]
+__all__ = [
+    "Objective",
+    "unsupported_reasons",
+    "term_domain",
+    "residual_parameters",
+    "is_separable",
+    "hessian_diagonal",
+    "hessian_matrix",
+    "hessian_vector_product",
+]
 
 _DIFFERENTIABLE_ATOMS = (
     Smooth,
@@ -69,6 +78,21 @@ def residual_parameters(problem: ProxProblem) -> list[Parameter]:
         for factor in term.coefficient.factors:
             used.update(id(p) for p in factor.parameters())
     return [p for p in problem.parameters.values() if id(p) in used]
+
+
+def is_separable(problem: ProxProblem) -> bool:
+    """Return whether every residual term is a sum of scalar functions of single entries.
+
+    True when each term of ``R'`` is a separable atom (``logistic``, ``huber``,
+    ``neg_entropy``, ``binary_neg_entropy``) of ``s z + t`` with a constant scalar ``s``,
+    so that the Hessian of ``F`` is diagonal. ``smooth()`` terms never count, because
+    their structure is unknown.
+    """
+    for term in problem.residual_terms:
+        atom = term.atom
+        if atom is None or isinstance(atom, Smooth) or not atom.separable or term.form is None:
+            return False
+    return True
 
 
 def _constant_offset(term: Term) -> float | None:
@@ -156,6 +180,11 @@ def hessian_vector_product(point: torch.Tensor, gradient: torch.Tensor, vector: 
     """Return ``H v`` per item, from ``gradient_graph``'s output (double backward)."""
     (product,) = torch.autograd.grad(gradient, point, vector, retain_graph=True, allow_unused=True)
     return torch.zeros_like(vector) if product is None else product
+
+
+def hessian_diagonal(point: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """Return the Hessian's diagonal, shape ``(B, d)``, for a separable ``F`` (one product ``H 1``)."""
+    return hessian_vector_product(point, gradient, torch.ones_like(point))
 
 
 def hessian_matrix(point: torch.Tensor, gradient: torch.Tensor, vectorized: bool | None = None) -> torch.Tensor:

@@ -15,8 +15,8 @@ __all__ = ["SmoothOptions", "NEWTON_MAX_SIZE", "default_tolerance"]
 
 NEWTON_MAX_SIZE = 64
 """Largest number of entries per item for which ``method="auto"`` uses Newton's method
-and ``linear_solver="auto"`` forms the Hessian, because both build a dense ``d x d``
-Hessian per item from ``d`` Hessian-vector products."""
+and ``linear_solver="auto"`` forms the Hessian of a problem that is not separable,
+because both build a dense ``d x d`` Hessian per item from ``d`` Hessian-vector products."""
 
 _DEFAULT_TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4}
 
@@ -36,7 +36,8 @@ class SmoothOptions:
 
     Attributes:
         method: ``"newton"`` (damped Newton with per-item Hessians), ``"lbfgs"``, or
-            ``"auto"``: Newton when an item has at most :data:`NEWTON_MAX_SIZE` entries.
+            ``"auto"``: Newton when the problem is separable or an item has at most
+            :data:`NEWTON_MAX_SIZE` entries, else L-BFGS.
         tol: stop an item when the max abs entry of the objective's gradient is at most
             ``tol``; None picks :func:`default_tolerance` for the input's dtype.
         max_iter: iteration limit per item; None gives 100 for Newton, 1000 for L-BFGS.
@@ -46,7 +47,8 @@ class SmoothOptions:
             (central differences of two warm-started solves).
         linear_solver: for the implicit gradient: ``"cg"`` (conjugate gradients with
             Hessian-vector products), ``"direct"`` (dense Hessian and Cholesky), or
-            ``"auto"``: direct when an item has at most :data:`NEWTON_MAX_SIZE` entries.
+            ``"auto"``: the diagonal Hessian when the problem is separable, else direct
+            when an item has at most :data:`NEWTON_MAX_SIZE` entries, else cg.
         cg_tol: conjugate gradients stop when ``||r|| <= cg_tol * ||g||``; None gives
             1e-12 in float64 and 1e-6 otherwise.
         cg_max_iter: conjugate-gradient iteration limit; None gives ``2 d + 20``.
@@ -58,6 +60,12 @@ class SmoothOptions:
             variable: the solver starts inside and never steps outside the open box.
         initial: a function mapping the input ``x`` of shape ``(B, *shape)`` to a starting
             point of the same shape; None starts at ``x`` moved inside ``domain``.
+        separable: whether ``R`` is a sum of scalar functions of single entries, so that
+            its Hessian is diagonal and one Hessian-vector product gives all of it. Then
+            Newton's method costs one product per iteration at any size, and the implicit
+            gradient is a division. None infers it from the terms (never for ``smooth()``
+            terms, whose structure is opaque); True declares it, and the backend checks
+            the claim at each solution with a random Hessian-vector product.
     """
 
     method: str = "auto"
@@ -73,6 +81,7 @@ class SmoothOptions:
     on_failure: str = "warn"
     domain: tuple[float | None, float | None] | None = None
     initial: Callable[[torch.Tensor], torch.Tensor] | None = None
+    separable: bool | None = None
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> SmoothOptions:
@@ -114,6 +123,8 @@ class SmoothOptions:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise DeclarationError(f"smooth_options[{name!r}] must be an int >= {minimum}, got {value!r}.")
+        if self.separable not in (None, True, False):
+            raise DeclarationError(f"smooth_options['separable'] must be True, False or None, got {self.separable!r}.")
         if self.initial is not None and not callable(self.initial):
             raise DeclarationError(f"smooth_options['initial'] must be a callable x -> z0, got {self.initial!r}.")
         if self.domain is not None:
@@ -149,14 +160,16 @@ class SmoothOptions:
             return self.max_iter
         return 100 if method == "newton" else 1000
 
-    def resolve_method(self, size: int) -> str:
+    def resolve_method(self, size: int, separable: bool) -> str:
         """Return ``"newton"`` or ``"lbfgs"`` for items of ``size`` entries."""
         if self.method != "auto":
             return self.method
-        return "newton" if size <= NEWTON_MAX_SIZE else "lbfgs"
+        return "newton" if separable or size <= NEWTON_MAX_SIZE else "lbfgs"
 
-    def resolve_linear_solver(self, size: int) -> str:
-        """Return ``"direct"`` or ``"cg"`` for items of ``size`` entries."""
+    def resolve_linear_solver(self, size: int, separable: bool) -> str:
+        """Return ``"diagonal"``, ``"direct"`` or ``"cg"`` for items of ``size`` entries."""
         if self.linear_solver != "auto":
             return self.linear_solver
+        if separable:
+            return "diagonal"
         return "direct" if size <= NEWTON_MAX_SIZE else "cg"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from proxopt.backends.smooth.objective import Objective, hessian_matrix
+from proxopt.backends.smooth.objective import Objective, hessian_diagonal, hessian_matrix
 
 __all__ = ["SolverOutcome", "minimize", "STATUS_NAMES"]
 
@@ -154,6 +154,18 @@ def _newton_direction(hessian: torch.Tensor, gradient: torch.Tensor) -> torch.Te
     return torch.where(usable.unsqueeze(-1), direction, -gradient)
 
 
+def _diagonal_newton_direction(diagonal: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """Return ``-g_i / h_i`` per entry, for a separable ``F`` with Hessian diagonal ``h``.
+
+    Entries with ``h_i <= sqrt(eps)`` (nonconvex or flat there) divide by ``|h_i| + 1``
+    instead, and entries with a non-finite ``h_i`` by 1, which keeps a descent direction.
+    """
+    floor = torch.finfo(diagonal.dtype).eps ** 0.5
+    denominator = torch.where(diagonal > floor, diagonal, diagonal.abs() + 1.0)
+    denominator = torch.where(torch.isfinite(diagonal), denominator, 1.0)
+    return -gradient / denominator
+
+
 def _check_convergence(
     status: torch.Tensor, gradient: torch.Tensor, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,7 +175,13 @@ def _check_convergence(
 
 
 def _newton(
-    objective: Objective, z: torch.Tensor, tol: float, max_iter: int, domain: tuple[float, float], backtracks: int
+    objective: Objective,
+    z: torch.Tensor,
+    tol: float,
+    max_iter: int,
+    domain: tuple[float, float],
+    backtracks: int,
+    separable: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     value, gradient = objective.value_and_gradient(z)
     status = torch.zeros(z.shape[0], dtype=torch.int8, device=z.device)
@@ -176,7 +194,10 @@ def _newton(
             status = torch.where(running, torch.full_like(status, MAX_ITER), status)
             break
         point, graph = objective.gradient_graph(z)
-        direction = _newton_direction(hessian_matrix(point, graph), gradient)
+        if separable:
+            direction = _diagonal_newton_direction(hessian_diagonal(point, graph), gradient)
+        else:
+            direction = _newton_direction(hessian_matrix(point, graph), gradient)
         z, value, gradient, moved = _line_search(objective, z, value, gradient, direction, running, domain, backtracks)
         iterations += running.long()
         status = torch.where(running & ~moved, torch.full_like(status, LINE_SEARCH_FAILED), status)
@@ -282,15 +303,17 @@ def minimize(
     history: int,
     domain: tuple[float, float],
     max_backtracks: int,
+    separable: bool = False,
 ) -> tuple[torch.Tensor, SolverOutcome]:
     """Minimize ``objective`` for every item from ``start`` (shape ``(B, d)``).
 
     ``start`` must be a point where ``F`` and its gradient are finite, inside the open
-    ``domain`` box. Returns the last iterate and the outcome; an item that did not
-    converge keeps its last accepted iterate.
+    ``domain`` box. ``separable`` makes Newton's method use the Hessian's diagonal only
+    (exact when ``F`` is separable). Returns the last iterate and the outcome; an item
+    that did not converge keeps its last accepted iterate.
     """
     if method == "newton":
-        z, status, iterations, norm = _newton(objective, start, tol, max_iter, domain, max_backtracks)
+        z, status, iterations, norm = _newton(objective, start, tol, max_iter, domain, max_backtracks, separable)
     else:
         z, status, iterations, norm = _lbfgs(objective, start, tol, max_iter, history, domain, max_backtracks)
     outcome = SolverOutcome(method, tol, status == CONVERGED, iterations, norm, status)
