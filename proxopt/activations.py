@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from proxopt.dsl.atoms import binary_neg_entropy, neg, neg_entropy, sum_squares
+from proxopt.dsl.atoms import binary_neg_entropy, neg, neg_entropy, smooth, sum_squares
 from proxopt.dsl.expressions import Expression, Variable
 from proxopt.dsl.sets import Box, CenteredSphere, Constraint, Simplex
+from proxopt.special import dilogarithm_exp
 
 __all__ = ["Activation", "Declaration", "ACTIVATIONS", "sparsemax_reference", "batch_norm_reference"]
 
@@ -123,6 +124,19 @@ def _leaky_relu(n: int, slope: float = LEAKY_RELU_SLOPE) -> Declaration:
     return Declaration(weight * sum_squares(neg(z)), [], z)
 
 
+def _softplus_regularizer(z: torch.Tensor) -> torch.Tensor:
+    # Li2(exp(-z)) with the stable form of the dilogarithm near z = 0 (see proxopt.special);
+    # it is NaN for z < 0, so the smooth backend's line search stays in z > 0.
+    return dilogarithm_exp(-z).sum(-1)
+
+
+def _softplus(n: int) -> Declaration:
+    # d/dz Li2(exp(-z)) = log(1 - exp(-z)), so the optimality condition
+    # log(1 - exp(-z)) + z - x = 0 gives z = log(1 + exp(x)). R'' = 1 / expm1(z) > 0: convex.
+    z = Variable(n)
+    return Declaration(smooth(_softplus_regularizer, z, convex=True, name="dilog_exp_neg"), [], z)
+
+
 def _batch_norm(n: int) -> Declaration:
     z = Variable(n)
     return Declaration(None, [CenteredSphere()], z)
@@ -157,6 +171,13 @@ ACTIVATIONS: dict[str, Activation] = {
             f"R = (1/a - 1) / 2 * sum min(z, 0)^2, slope a = {LEAKY_RELU_SLOPE}",
             _leaky_relu,
             lambda x: F.leaky_relu(x, LEAKY_RELU_SLOPE),
+        ),
+        Activation(
+            "softplus",
+            "R = sum Li2(exp(-z)) on z > 0 (Li2 = dilogarithm; smooth backend)",
+            _softplus,
+            F.softplus,
+            layer_options={"allow_smooth": True, "smooth_options": {"domain": (0.0, None), "separable": True}},
         ),
         Activation(
             "batch_norm",

@@ -88,8 +88,9 @@ def make_plan(problem: ProxProblem, backend: str, lam: float | None, options: Ba
         issues = "; ".join(problem.convexity_issues)
         raise NoRouteError(
             f"the problem is nonconvex ({issues}) and no exact route solves it:\n{reasons}\n"
-            "The smooth backend (allow_smooth=True or backend='smooth') would take a "
-            "problem whose terms are all smooth and whose only constraints have closed-form "
-            "projections; it returns a local minimizer."
+            "The smooth backend (allow_smooth=True or backend='smooth') takes a problem "
+            "without constraints whose terms are all twice differentiable (smooth(), "
+            "sum_squares, quad_form, laplacian_quadratic, logistic, huber, neg_entropy, "
+            "binary_neg_entropy, linear terms); it returns a local minimizer."
         )
     raise NoRouteError(f"no backend can solve {problem.describe()}:\n{reasons}")

@@ -251,6 +251,15 @@ class ProxLayer(nn.Module):
                 stacklevel=3,
             )
 
+    @property
+    def solver_outcome(self) -> Any:
+        """The inner solver's outcome of the latest call (per batch item), or None.
+
+        Backends with an iterative inner solve (the smooth backend) record it as
+        ``last_outcome``; for the others this is None.
+        """
+        return getattr(self.plan.compiled, "last_outcome", None)
+
     # -- description -------------------------------------------------------------------
     def explain(self) -> str:
         """Return the backend chosen for this layer, why, and why faster ones did not apply."""
