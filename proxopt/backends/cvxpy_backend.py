@@ -246,7 +246,11 @@ def _dcp_culprits(problem: cp.Problem) -> str:
 
 def _is_scalar_affine_of_variable(expr: Any, problem: ProxProblem) -> bool:
     form = scaled_variable_form(expr, problem.variable)
-    return form is not None and (form.offset is None or (isinstance(form.offset, Constant) and form.offset.shape == ()))
+    if form is None:
+        return False
+    offset = form.offset
+    # The offset of `2 * z - 1` is the expression (-1) * 1, a scalar built from constants.
+    return offset is None or (offset.shape == () and not offset.parameters() and not offset.depends_on_variable)
 
 
 def is_coordinatewise(problem: ProxProblem) -> bool:

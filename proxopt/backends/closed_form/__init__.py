@@ -31,7 +31,7 @@ class ClosedFormProx(CompiledProx):
     backend = "closed_form"
 
     def __init__(self, match: ClosedFormMatch) -> None:
-        notes = ["exact formula; gradients are exact (autograd through the formula)"]
+        notes = [f"exact formula; exact gradients ({match.gradient})"]
         if match.propagates_nan:
             notes.append("no input check: NaN or inf input propagates as in the torch op")
         super().__init__(f"{match.name}: {match.summary}", notes)

@@ -559,6 +559,7 @@ def _recognize_binary_entropy(problem: ProxProblem, lam: float | None) -> Closed
         "implicit-function gradient",
         solve,
         _fast_path(problem, argmin),
+        gradient="implicit function theorem at the root; torch's own gradient when a = 0",
     )
 
 
@@ -588,6 +589,7 @@ def _recognize_logistic(problem: ProxProblem, lam: float | None) -> ClosedFormMa
         "Newton to machine precision, with the implicit-function gradient",
         solve,
         _fast_path(problem, argmin),
+        gradient="implicit function theorem at the root",
     )
 
 
@@ -617,6 +619,7 @@ def _recognize_neg_entropy(problem: ProxProblem, lam: float | None) -> ClosedFor
         "with Lambert W by Newton to machine precision, with the implicit-function gradient",
         solve,
         _fast_path(problem, argmin),
+        gradient="implicit function theorem at the root; torch's own gradient when a = 0",
     )
 
 
@@ -658,4 +661,5 @@ def _recognize_neg_entropy_simplex(problem: ProxProblem, lam: float | None) -> C
         "implicit-function gradient (diagonal plus rank one)",
         solve,
         fast,
+        gradient="implicit function theorem at the root; torch's own gradient when a = 0",
     )

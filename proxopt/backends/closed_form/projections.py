@@ -417,7 +417,11 @@ def _constant_radius(found: Set) -> float | None:
 
 
 def _radius_recognizer(
-    kind: type, name: str, summary: str, project: Callable[[torch.Tensor, Radius], torch.Tensor]
+    kind: type,
+    name: str,
+    summary: str,
+    project: Callable[[torch.Tensor, Radius], torch.Tensor],
+    gradient: str = "autograd through the formula",
 ) -> None:
     """Register the recognizer of a set with one scalar datum, its radius."""
 
@@ -442,13 +446,24 @@ def _radius_recognizer(
             def fast(x: torch.Tensor, lam: float) -> torch.Tensor:
                 return project(fast_point(x, lam)[0], fast_radius)
 
-        return ClosedFormMatch(name, f"projection onto {target!r}: {summary}", solve, fast)
+        return ClosedFormMatch(name, f"projection onto {target!r}: {summary}", solve, fast, gradient=gradient)
 
 
+_SIMPLEX_GRADIENT = "custom backward with the exact Jacobian I_S - 1 1^T / |S| on the support S"
 _radius_recognizer(
-    Simplex, "simplex", "max(v - tau, 0) with sum = r, by sorting (sparsemax for r = 1)", project_simplex
+    Simplex,
+    "simplex",
+    "max(v - tau, 0) with sum = r, by sorting (sparsemax for r = 1)",
+    project_simplex,
+    _SIMPLEX_GRADIENT,
 )
-_radius_recognizer(L1Ball, "l1_ball", "sign(v) * simplex projection of |v| when ||v||_1 > r", project_l1_ball)
+_radius_recognizer(
+    L1Ball,
+    "l1_ball",
+    "sign(v) * simplex projection of |v| when ||v||_1 > r",
+    project_l1_ball,
+    _SIMPLEX_GRADIENT,
+)
 _radius_recognizer(L2Ball, "l2_ball", "v * min(1, r / ||v||_2)", project_l2_ball)
 _radius_recognizer(LinfBall, "linf_ball", "clamp(v, -r, r)", project_linf_ball)
 

@@ -32,6 +32,7 @@ class ClosedFormMatch:
             layer has no Parameters; it must give the same result as ``solve``.
         propagates_nan: whether NaN input gives NaN output (like the torch op it replaces)
             rather than an error.
+        gradient: how the exact gradient is computed, for ``explain``.
     """
 
     name: str
@@ -39,6 +40,7 @@ class ClosedFormMatch:
     solve: Callable[[ProxCall], torch.Tensor]
     fast: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     propagates_nan: bool = True
+    gradient: str = "autograd through the formula"
 
 
 Recognizer = Callable[[ProxProblem, "float | None"], "ClosedFormMatch | None"]
