@@ -14,6 +14,7 @@ import torch
 
 from proxopt.backends.base import Backend, BackendOptions, CompiledProx, ProxCall, Unsupported, register_backend
 from proxopt.backends.closed_form import spheres  # noqa: F401 - registers recognizers
+from proxopt.backends.closed_form import tv1d as tv1d  # noqa: F401 - registers recognizers
 from proxopt.backends.closed_form.registry import ClosedFormMatch, recognizers
 from proxopt.compile.analysis import ProxProblem
 
