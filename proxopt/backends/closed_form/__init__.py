@@ -12,12 +12,13 @@ from collections.abc import Callable
 
 import torch
 
-import proxopt.backends.closed_form.entropic  # noqa: F401 - registers recognizers
 from proxopt.backends.base import Backend, BackendOptions, CompiledProx, ProxCall, Unsupported, register_backend
-from proxopt.backends.closed_form import (
-    projections,  # noqa: F401 - registers recognizers
-    proxmaps,  # noqa: F401 - registers recognizers
-    spheres,  # noqa: F401 - registers recognizers
+from proxopt.backends.closed_form import (  # noqa: F401 - importing registers the recognizers
+    entropic,
+    projections,
+    proxmaps,
+    spheres,
+    tv1d,
 )
 from proxopt.backends.closed_form.registry import ClosedFormMatch, recognizers
 from proxopt.compile.analysis import ProxProblem
