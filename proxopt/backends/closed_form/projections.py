@@ -15,7 +15,6 @@ with the Jacobian of the projection (see :func:`project_simplex`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -82,82 +81,53 @@ def project_box(v: torch.Tensor, lo: Radius | None, hi: Radius | None) -> torch.
     return torch.clamp(v, min=lo, max=hi)
 
 
+_RANKS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _ranks(n: int, like: torch.Tensor) -> torch.Tensor:
+    """Return ``[1, 2, ..., n]`` in the dtype and device of ``like`` (cached)."""
+    key = (n, like.dtype, like.device)
+    ranks = _RANKS.get(key)
+    if ranks is None:
+        with torch.inference_mode(False):
+            ranks = torch.arange(1, n + 1, dtype=like.dtype, device=like.device)
+        _RANKS[key] = ranks
+    return ranks
+
+
 def _simplex_threshold(shifted: torch.Tensor, radius: Radius) -> torch.Tensor:
     """Return ``tau`` with ``sum_i max(shifted_i - tau, 0) = radius`` for each row.
 
     With the entries sorted in decreasing order ``u_1 >= ... >= u_n`` and partial sums
-    ``c_k``, the support size is ``K = #{k : k u_k > c_k - radius}`` and
-    ``tau = (c_K - radius) / K``.
-    ``K`` is at least 1, which covers ``radius = 0`` (then ``tau = max_i shifted_i``).
+    ``c_k``, ``f(k) = (c_k - radius) / k`` satisfies ``f(k) - f(k-1) = (u_k - f(k-1)) / k``,
+    so it increases exactly while ``k`` is in the support and decreases after it. Hence
+    ``tau = max_k f(k)``, which needs no support count. For ``radius = 0`` it gives
+    ``tau = max_i shifted_i``.
     """
-    n = shifted.shape[-1]
     ordered = torch.sort(shifted, dim=-1, descending=True).values
-    cumulative = ordered.cumsum(-1)
-    ranks = torch.arange(1, n + 1, dtype=shifted.dtype, device=shifted.device)
-    count = (ranks * ordered > cumulative - radius).sum(-1, keepdim=True).clamp_min(1)
-    return (cumulative.gather(-1, count - 1) - radius) / count.to(shifted.dtype)
+    averages = (ordered.cumsum(-1) - radius) / _ranks(shifted.shape[-1], shifted)
+    return averages.amax(-1, keepdim=True)
 
 
-class _SimplexProjection(torch.autograd.Function):
-    """The simplex projection with its exact Jacobian.
+def _simplex_projection(v: torch.Tensor, radius: Radius) -> torch.Tensor:
+    """Project rows onto the simplex; ``radius`` is a float, a 0-dim tensor or a ``(B, 1)`` column.
 
-    On the support ``S = {i : v_i >= tau}`` the projection is ``v_S - tau`` with
-    ``tau = (sum_S v - r) / |S|``, so ``dz/dv = diag(1_S) - 1_S 1_S^T / |S|`` and
-    ``dz/dr = 1_S / |S|``. The backward and forward-mode rules apply these to the
-    incoming gradient and tangent. The support mask is a second, non-differentiable output.
+    The support ``S = {i : v_i >= tau}`` is found without gradients. On it the projection
+    is ``v_S - tau`` with ``tau = (sum_S v - r) / |S|``, and evaluating that formula with
+    the support held fixed gives autograd the exact Jacobian ``diag(1_S) - 1_S 1_S^T / |S|``
+    and ``dz/dr = 1_S / |S|`` (also in forward mode and to higher order).
     """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        v: torch.Tensor, radius: Radius
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The projection commutes with adding a constant to a row, so subtracting the row
-        # maximum loses nothing and keeps the partial sums small. Without it, float32 rows
-        # near 1e8 lose the threshold to rounding. Entries of -inf stay -inf and get 0.
-        shifted = v - v.amax(-1, keepdim=True)
-        excess = shifted - _simplex_threshold(shifted, radius)
-        return excess.clamp_min(0), excess >= 0
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, Radius], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        _, radius = inputs
-        support = output[1]
-        ctx.mark_non_differentiable(support)
-        ctx.save_for_backward(support)
-        ctx.save_for_forward(support)
-        ctx.radius_shape = radius.shape if isinstance(radius, torch.Tensor) else None
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad: torch.Tensor, grad_support: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        (support,) = ctx.saved_tensors
-        mask = support.to(grad.dtype)
-        mean = (grad * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)
-        grad_v = mask * (grad - mean) if ctx.needs_input_grad[0] else None
-        grad_radius = None
-        if ctx.needs_input_grad[1]:
-            shape = ctx.radius_shape
-            grad_radius = mean.sum() if len(shape) == 0 else mean.sum_to_size(shape)
-        return grad_v, grad_radius
-
-    @staticmethod
-    def jvp(  # type: ignore[override]
-        ctx: Any, tangent_v: torch.Tensor | None, tangent_radius: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None]:
-        (support,) = ctx.saved_tensors
-        reference = tangent_v if tangent_v is not None else tangent_radius
-        assert reference is not None
-        mask = support.to(reference.dtype)
-        # dz = 1_S (dv - (1_S . dv - dr) / |S|). The radius tangent is already row-aligned.
-        direction: torch.Tensor | float = 0.0
-        total: torch.Tensor | float = 0.0
-        if tangent_v is not None:
-            direction = tangent_v
-            total = (tangent_v * mask).sum(-1, keepdim=True)
-        if tangent_radius is not None:
-            total = total - tangent_radius
-        return mask * (direction - total / mask.sum(-1, keepdim=True)), None
+    # The projection commutes with adding a constant to a row, so subtracting the row
+    # maximum (held constant) loses nothing and keeps the partial sums small. Without it,
+    # float32 rows near 1e8 lose the threshold to rounding. Entries of -inf get 0.
+    shifted = v - v.detach().amax(-1, keepdim=True)
+    with torch.no_grad():
+        support = (shifted >= _simplex_threshold(shifted, radius)).to(v.dtype)
+        count = support.sum(-1, keepdim=True)
+    # -inf entries lie outside the support; a finite floor avoids 0 * inf = NaN there.
+    finite = shifted.clamp_min(torch.finfo(v.dtype).min)
+    tau = ((finite * support).sum(-1, keepdim=True) - radius) / count
+    return (finite - tau) * support
 
 
 def project_simplex(v: torch.Tensor, radius: Radius = 1.0) -> torch.Tensor:
@@ -177,7 +147,7 @@ def project_simplex(v: torch.Tensor, radius: Radius = 1.0) -> torch.Tensor:
         radius: a float ``>= 0``, or a tensor of shape ``()`` or ``v.shape[:-1]``.
     """
     _check_radius(radius, "Simplex")
-    return _SimplexProjection.apply(v, per_row(radius))[0]  # type: ignore[no-any-return]
+    return _simplex_projection(v, per_row(radius))
 
 
 def project_l1_ball(v: torch.Tensor, radius: Radius) -> torch.Tensor:
@@ -195,7 +165,7 @@ def project_l1_ball(v: torch.Tensor, radius: Radius) -> torch.Tensor:
     row_radius = per_row(radius)
     magnitude = v.abs()
     outside = magnitude.sum(-1, keepdim=True) > row_radius
-    boundary = torch.sign(v) * _SimplexProjection.apply(magnitude, row_radius)[0]
+    boundary = torch.sign(v) * _simplex_projection(magnitude, row_radius)
     return torch.where(outside, boundary, v)
 
 
