@@ -321,8 +321,11 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/backends.py{' --quick' if arguments.quick else ''}`",
         "",
+        "The torch column for the Laplacian quadratic is a hand-written `torch.cholesky_solve` with a",
+        "precomputed factor; sparsemax, the L2 ball and TV-1D have no torch op.",
+        "",
     ]
-    text = "\n".join(header) + table + "\n"
+    text = "\n".join(header) + "\n" + table + "\n"
     print(text)
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(text)
