@@ -141,14 +141,29 @@ class ProxLayer(nn.Module):
                         f"lam must be finite and > 0 everywhere, got minimum {float(detached.min()):.4g}."
                     )
             self._lam_float = None
+            self._forget_lam_tensor()
             if isinstance(value, nn.Parameter):
-                self._lam_tensor = value  # registered by nn.Module.__setattr__
+                # Registered under a private name, so optimizers see it in parameters().
+                self.register_parameter("_lam_tensor", value)
             else:
                 object.__setattr__(self, "_lam_tensor", value)
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidInputError(f"lam must be a positive float or a tensor, got {type(value).__name__}.")
         self._lam_float = _validate_lam_float(float(value))
+        self._forget_lam_tensor()
+
+    def _forget_lam_tensor(self) -> None:
+        self._parameters.pop("_lam_tensor", None)
+        self.__dict__.pop("_lam_tensor", None)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # nn.Module.__setattr__ would register an nn.Parameter assigned to `lam` directly,
+        # bypassing the property's validation, so `lam` always goes through the setter.
+        if name == "lam":
+            type(self).lam.fset(self, value)  # type: ignore[attr-defined]
+            return
+        super().__setattr__(name, value)
 
     # -- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, **parameters: torch.Tensor) -> torch.Tensor:
