@@ -61,7 +61,7 @@ from proxopt.dsl.atoms import (
 )
 from proxopt.dsl.expressions import Constant, Parameter
 from proxopt.dsl.sets import Box, Inequality
-from proxopt.errors import InvalidInputError, SolverFailedError, SolverWarning
+from proxopt.errors import InvalidInputError, NotDCPError, SolverFailedError, SolverWarning
 
 __all__ = ["CvxpyBackend", "SOLVER_DEFAULTS", "solver_args_for", "is_coordinatewise"]
 
@@ -117,7 +117,7 @@ diffcp's dense mode; larger ones use ``lsqr``. For ``0.1 * norm1(z), z >= 0`` wi
 and backward with gradients exact to 3e-12, ``lsqr`` 6 ms with gradients to 3e-6."""
 
 FEASIBILITY_TOLERANCE = 1e-6
-"""Largest constraint violation (relative to ``1 + |data|``) accepted from the solver."""
+"""Largest constraint violation, relative to ``1 + max_i |z_i|``, accepted from the solver."""
 
 
 class _Compiled:
@@ -326,7 +326,15 @@ class CvxpyProx(CompiledProx):
         key = (batch_size, with_quadratic)
         compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = _Compiled(self.problem, batch_size, with_quadratic, self.overrides, self.coordinatewise)
+            try:
+                compiled = _Compiled(self.problem, batch_size, with_quadratic, self.overrides, self.coordinatewise)
+            except Unsupported as rejection:
+                if not self._compiled and batch_size is None:
+                    raise  # at construction: the plan turns it into NotDCPError or tries others
+                # A per-batch problem is compiled at its first call, where the plan is fixed.
+                raise NotDCPError(
+                    f"the cvxpy backend cannot compile {self.problem.describe()}: {rejection.reason}."
+                ) from None
             self._compiled[key] = compiled
         return compiled
 

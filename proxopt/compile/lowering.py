@@ -91,11 +91,9 @@ def lower_constraint(constraint: Constraint, variable: Any, leaves: Mapping[int,
         return [lower_expression(constraint.left, leaves) <= lower_expression(constraint.right, leaves)]
     if isinstance(constraint, Equality):
         return [lower_expression(constraint.left, leaves) == lower_expression(constraint.right, leaves)]
-    data = (
-        {name: lower_expression(value, leaves) for name, value in constraint.data().items()}
-        if isinstance(constraint, Set)
-        else {}
-    )
+
+    assert isinstance(constraint, Set)
+    data = {name: lower_expression(value, leaves) for name, value in constraint.data().items()}
     rows = _rows(variable)
     if isinstance(constraint, Box):
         result = []
