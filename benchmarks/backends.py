@@ -37,6 +37,7 @@ import proxopt as po
 from proxopt.activations import sparsemax_reference
 
 SIZES = [(1024, 256, torch.float32), (100, 20, torch.float64)]
+DEFAULT_OUTPUT = Path("docs/benchmarks.md")
 SOFT_THRESHOLD = 0.1
 BALL_RADIUS = 1.0
 TV_WEIGHT = 0.5
@@ -305,7 +306,7 @@ def format_rows(rows: list[tuple]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke run")
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to write")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file to write")
     arguments = parser.parse_args()
     table = run(arguments.quick)
     header = [
@@ -319,7 +320,8 @@ def main() -> None:
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"cvxpy {cp.__version__}.",
         "",
-        f"Command: `python benchmarks/backends.py{' --quick' if arguments.quick else ''}`",
+        f"Command: `python benchmarks/backends.py{' --quick' if arguments.quick else ''}"
+        f"{'' if arguments.output == DEFAULT_OUTPUT else f' --output {arguments.output}'}`",
         "",
         "The torch column for the Laplacian quadratic is a hand-written `torch.cholesky_solve` with a",
         "precomputed factor; sparsemax, the L2 ball and TV-1D have no torch op.",

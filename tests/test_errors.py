@@ -201,3 +201,27 @@ def test_set_size_checked_against_variable() -> None:
     z = po.Variable(3)
     with pytest.raises(po.ShapeError, match=r"Affine matrix A has 2 columns; expected 3"):
         po.ProxLayer(po.norm1(z), [po.Affine(np.ones((1, 2)), np.ones(1))])
+
+
+def test_misspelled_keyword_named_with_missing() -> None:
+    z = po.Variable(3)
+    shift = po.Parameter(3, name="w")
+    layer = po.ProxLayer(po.sum(shift * z) + po.norm1(z))
+    with pytest.raises(po.InvalidInputError, match=r"missing Parameter values: w; unknown keyword arguments: ww"):
+        layer(torch.zeros(2, 3), ww=torch.zeros(3))
+
+
+def test_positional_parameter_rejected() -> None:
+    z = po.Variable(3)
+    shift = po.Parameter(3, name="w")
+    layer = po.ProxLayer(po.sum(shift * z) + po.norm1(z))
+    with pytest.raises(po.InvalidInputError, match=r"1 extra positional argument\(s\); call layer\(x, name=tensor\)"):
+        layer(torch.zeros(2, 3), torch.zeros(3))
+
+
+def test_batch_shaped_parameter_message() -> None:
+    z = po.Variable(2, scope="batch")
+    weights = po.Parameter((po.BATCH, po.BATCH), name="W", nonneg=True)
+    layer = po.ProxLayer(po.laplacian_quadratic(z, weights))
+    with pytest.raises(po.ShapeError, match=r"has shape \(4, 4\); expected \(5, 5\) \(shared\)\.$"):
+        layer(torch.zeros(5, 2), W=torch.zeros(4, 4))

@@ -473,16 +473,17 @@ def parameter_values(
     tensor was per sample.
     """
     missing = [name for name in problem.parameters if name not in tensors]
-    if missing:
-        raise InvalidInputError(
-            f"missing Parameter values: {', '.join(missing)}. Pass each as a keyword "
-            f"argument, e.g. layer(x, {missing[0]}=tensor)."
-        )
     unknown = [name for name in tensors if name not in problem.parameters]
-    if unknown:
+    if missing or unknown:
         expected = ", ".join(problem.parameters) or "none"
+        problems = []
+        if missing:
+            problems.append(f"missing Parameter values: {', '.join(missing)}")
+        if unknown:
+            problems.append(f"unknown keyword arguments: {', '.join(unknown)}")
+        example = f", e.g. layer(x, {missing[0]}=tensor)" if missing else ""
         raise InvalidInputError(
-            f"unknown keyword arguments: {', '.join(unknown)}; this layer's Parameters are: {expected}."
+            f"{'; '.join(problems)}. This layer's Parameters are: {expected}; pass each as a keyword argument{example}."
         )
     flat = math.prod(lead)
     values: dict[int, torch.Tensor] = {}
@@ -507,9 +508,9 @@ def parameter_values(
         shape = resolve_shape(parameter.shape, batch_size)
         own = len(shape)
         if tuple(tensor.shape[tensor.ndim - own :]) != shape or tensor.ndim < own:
+            per_item = f" or {tuple(lead) + shape} (one value per item of the input's batch dims)" if lead else ""
             raise ShapeError(
-                f"Parameter {name!r} has shape {tuple(tensor.shape)}; expected {shape} (shared) "
-                f"or {tuple(lead) + shape} (one value per sample)."
+                f"Parameter {name!r} has shape {tuple(tensor.shape)}; expected {shape} (shared){per_item}."
             )
         leading = tuple(tensor.shape[: tensor.ndim - own])
         if leading == ():
@@ -525,10 +526,10 @@ def parameter_values(
                 ) from error
             values[id(parameter)] = expanded.reshape(flat, *shape)
             batched[name] = True
-        if parameter.nonneg and bool((tensor < 0).any()):
+        if parameter.nonneg and bool((tensor.detach() < 0).any()):
             raise InvalidInputError(
                 f"Parameter {name!r} is declared nonneg=True but has negative entries "
-                f"(minimum {float(tensor.min()):.3g}); pass nonnegative values."
+                f"(minimum {float(tensor.detach().min()):.3g}); pass nonnegative values."
             )
     return values, batched
 

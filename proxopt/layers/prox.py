@@ -53,7 +53,8 @@ class ProxLayer(nn.Module):
             projection onto ``C``.
         constraints: comparisons (``z >= 0``, ``A @ z == b``) and sets (``Box(-1, 1)``).
         lam: the weight ``lam > 0`` of the proximity term: a float, or a tensor of shape
-            ``()`` or of the input's batch shape. Pass an ``nn.Parameter`` to learn it.
+            ``()`` or of the input's batch shape, cast to the input's dtype and device at each
+            call. Pass an ``nn.Parameter`` to learn it.
         backend: ``"auto"`` (the fastest exact route) or one of ``"closed_form"``,
             ``"quadratic"``, ``"cvxpy"``, ``"smooth"`` to force it.
         variable: the variable, when neither ``R`` nor a comparison mentions it (a
@@ -166,7 +167,7 @@ class ProxLayer(nn.Module):
         super().__setattr__(name, value)
 
     # -- forward -----------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, **parameters: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *extra: object, **parameters: torch.Tensor) -> torch.Tensor:
         # Fast path: a closed form with no Parameters and a float lam takes valid input
         # directly, without building a ProxCall. It checks only what _prepare would reject,
         # so any other input goes down the validated path and gets the same errors.
@@ -176,6 +177,7 @@ class ProxLayer(nn.Module):
             fast is not None
             and lam is not None
             and not parameters
+            and not extra
             and not self.check
             and isinstance(x, torch.Tensor)
             and x.ndim >= self._min_ndim
@@ -184,6 +186,12 @@ class ProxLayer(nn.Module):
             and x.numel() > 0
         ):
             return fast(x, lam)
+        if extra:
+            raise InvalidInputError(
+                f"ProxLayer takes one positional input and Parameters as keyword arguments, got "
+                f"{len(extra)} extra positional argument(s); call layer(x, name=tensor) with the "
+                f"Parameter names ({', '.join(self.problem.parameters) or 'none'})."
+            )
         call = self._prepare(x, parameters)
         if call is None:
             return x.clone()
