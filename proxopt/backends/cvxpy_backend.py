@@ -133,8 +133,8 @@ class _Compiled:
     ) -> None:
         from cvxpylayers.torch import CvxpyLayer
 
-        # A coordinatewise problem lowers the same expressions on a variable of one entry;
-        # this is valid because every constant in a separable problem is a scalar.
+        # A coordinatewise problem lowers the same expressions on a variable of one entry,
+        # which is valid because every constant in a separable problem is a scalar.
         shape = (1,) if coordinatewise else resolve_shape(problem.variable.shape, batch_size)
         self.shape = shape
         z = cp.Variable(shape)
@@ -254,7 +254,7 @@ def _is_scalar_affine_of_variable(expr: Any, problem: ProxProblem) -> bool:
 
 
 def is_coordinatewise(problem: ProxProblem) -> bool:
-    """Whether to solve the problem one coordinate at a time (see the module docstring).
+    """Return whether to solve the problem one coordinate at a time (see the module docstring).
 
     True for per-sample problems with exponential-cone terms whose terms and constraints
     all act entrywise with scalar constants and no Parameters.
