@@ -532,95 +532,79 @@ def _describe_argument(term: CanonicalTerm) -> str:
     return f"{term.scale:g} z + {term.shift:g}"
 
 
-@register("binary_entropy")
-def _recognize_binary_entropy(problem: ProxProblem, lam: float | None) -> ClosedFormMatch | None:
-    match = _single_term(problem, BinaryNegEntropy)
-    if match is None or match[1]:
-        return None
-    term = match[0]
-    scale, shift = term.scale, term.shift
-    a = _known_weight(problem, lam)
-    if a is not None and term.coefficient.is_constant and a <= -4.0 * term.coefficient.constant * scale * scale:
-        return None  # not convex; the plan moves on and the cvxpy backend says why
+def _register_separable(
+    name: str,
+    kind: type[Atom],
+    argmin_of: Callable[[torch.Tensor, Scalar, Scalar, float, float], torch.Tensor],
+    summary: str,
+    gradient: str,
+    accepts: Callable[[float, CanonicalTerm], bool],
+) -> None:
+    """Register the recognizer of an unconstrained ``c * kind(s z + t)`` solved by ``argmin_of``.
 
-    def solve(call: ProxCall) -> torch.Tensor:
-        y, a = call.merged(problem)
-        c = term.coefficient.value(call.values, call.x)
-        return binary_entropy_argmin(y, a, c, scale, shift)
+    ``summary`` may contain ``{u}`` for the argument. ``accepts(a, term)`` tells whether a
+    known merged weight ``a`` leaves the problem with a unique minimizer. When it does not,
+    the recognizer declines, the plan moves on and the cvxpy backend reports the reason.
+    """
 
-    def argmin(y: torch.Tensor, a: Scalar) -> torch.Tensor:
-        return binary_entropy_argmin(y, a, term.coefficient.constant, scale, shift)
+    @register(name)
+    def recognize(problem: ProxProblem, lam: float | None) -> ClosedFormMatch | None:
+        match = _single_term(problem, kind)
+        if match is None or match[1]:
+            return None
+        term = match[0]
+        scale, shift = term.scale, term.shift
+        a = _known_weight(problem, lam)
+        if a is not None and not accepts(a, term):
+            return None
 
-    u = _describe_argument(term)
-    return ClosedFormMatch(
-        "binary_entropy",
-        f"prox of c * binary_neg_entropy({u}): the root of c s logit(s z + t) + a z = y; "
-        "sigmoid / tanh when a = 0, else safeguarded Newton to machine precision with the "
-        "implicit-function gradient",
-        solve,
-        _fast_path(problem, argmin),
-        gradient="implicit function theorem at the root; torch's own gradient when a = 0",
-    )
+        def solve(call: ProxCall) -> torch.Tensor:
+            y, a = call.merged(problem)
+            c = term.coefficient.value(call.values, call.x)
+            return argmin_of(y, a, c, scale, shift)
 
+        def argmin(y: torch.Tensor, a: Scalar) -> torch.Tensor:
+            return argmin_of(y, a, term.coefficient.constant, scale, shift)
 
-@register("logistic")
-def _recognize_logistic(problem: ProxProblem, lam: float | None) -> ClosedFormMatch | None:
-    match = _single_term(problem, Logistic)
-    if match is None or match[1]:
-        return None
-    term = match[0]
-    scale, shift = term.scale, term.shift
-    a = _known_weight(problem, lam)
-    if a is not None and a <= 0:
-        return None  # no minimizer in general; the plan moves on and the cvxpy backend says why
-
-    def solve(call: ProxCall) -> torch.Tensor:
-        y, a = call.merged(problem)
-        c = term.coefficient.value(call.values, call.x)
-        return logistic_argmin(y, a, c, scale, shift)
-
-    def argmin(y: torch.Tensor, a: Scalar) -> torch.Tensor:
-        return logistic_argmin(y, a, term.coefficient.constant, scale, shift)
-
-    u = _describe_argument(term)
-    return ClosedFormMatch(
-        "logistic",
-        f"prox of c * logistic({u}): the root of c s sigmoid(s z + t) + a z = y by safeguarded "
-        "Newton to machine precision, with the implicit-function gradient",
-        solve,
-        _fast_path(problem, argmin),
-        gradient="implicit function theorem at the root",
-    )
+        return ClosedFormMatch(
+            name,
+            summary.format(u=_describe_argument(term)),
+            solve,
+            _fast_path(problem, argmin),
+            gradient=gradient,
+        )
 
 
-@register("neg_entropy")
-def _recognize_neg_entropy(problem: ProxProblem, lam: float | None) -> ClosedFormMatch | None:
-    match = _single_term(problem, NegEntropy)
-    if match is None or match[1]:
-        return None
-    term = match[0]
-    scale, shift = term.scale, term.shift
-    a = _known_weight(problem, lam)
-    if a is not None and a < 0:
-        return None  # unbounded below; the plan moves on and the cvxpy backend says why
-
-    def solve(call: ProxCall) -> torch.Tensor:
-        y, a = call.merged(problem)
-        c = term.coefficient.value(call.values, call.x)
-        return entropy_argmin(y, a, c, scale, shift)
-
-    def argmin(y: torch.Tensor, a: Scalar) -> torch.Tensor:
-        return entropy_argmin(y, a, term.coefficient.constant, scale, shift)
-
-    u = _describe_argument(term)
-    return ClosedFormMatch(
-        "neg_entropy",
-        f"prox of c * neg_entropy({u}): u = exp(v / c - 1) when a = 0, else (c / b) W((b / c) exp(v / c - 1)) "
-        "with Lambert W by Newton to machine precision, with the implicit-function gradient",
-        solve,
-        _fast_path(problem, argmin),
-        gradient="implicit function theorem at the root; torch's own gradient when a = 0",
-    )
+_register_separable(
+    "binary_entropy",
+    BinaryNegEntropy,
+    binary_entropy_argmin,
+    "prox of c * binary_neg_entropy({u}): the root of c s logit(s z + t) + a z = y; sigmoid / tanh "
+    "when a = 0, else safeguarded Newton to machine precision with the implicit-function gradient",
+    "implicit function theorem at the root; torch's own gradient when a = 0",
+    # Strictly convex while a > -4 c s^2, because the second derivative of bne is at least 4.
+    lambda a, term: not term.coefficient.is_constant or a > -4.0 * term.coefficient.constant * term.scale**2,
+)
+_register_separable(
+    "logistic",
+    Logistic,
+    logistic_argmin,
+    "prox of c * logistic({u}): the root of c s sigmoid(s z + t) + a z = y by safeguarded Newton to "
+    "machine precision, with the implicit-function gradient",
+    "implicit function theorem at the root",
+    # With a <= 0 there is no minimizer in general, because logistic grows only linearly.
+    lambda a, term: a > 0,
+)
+_register_separable(
+    "neg_entropy",
+    NegEntropy,
+    entropy_argmin,
+    "prox of c * neg_entropy({u}): u = exp(v / c - 1) when a = 0, else (c / b) W((b / c) exp(v / c - 1)) "
+    "with Lambert W by Newton to machine precision, with the implicit-function gradient",
+    "implicit function theorem at the root; torch's own gradient when a = 0",
+    # With a < 0 the objective is unbounded below.
+    lambda a, term: a >= 0,
+)
 
 
 @register("neg_entropy_simplex")
@@ -635,7 +619,7 @@ def _recognize_neg_entropy_simplex(problem: ProxProblem, lam: float | None) -> C
     a = _known_weight(problem, lam)
     if a is not None and constant_radius and term.coefficient.is_constant:
         if a * float(simplex.radius.value) + term.coefficient.constant <= 0:
-            return None  # not convex on the simplex; the plan moves on and the cvxpy backend says why
+            return None  # not convex on the simplex, so the plan moves on and cvxpy reports why
 
     def solve(call: ProxCall) -> torch.Tensor:
         y, a = call.merged(problem)
