@@ -243,7 +243,10 @@ def run(quick: bool) -> str:
     rows = []
     for batch, n, dtype in SIZES:
         small = batch <= 100
-        repeats = (5 if quick else 20) if small else (20 if quick else 200)
+        if small:
+            repeats = 5 if quick else 20
+        else:
+            repeats = 20 if quick else 200
         for case in tqdm(cases, desc=f"({batch}, {n}, {str(dtype).removeprefix('torch.')})"):
             layer = case.declare(n)
             x = 3 * torch.randn(batch, n, dtype=dtype)

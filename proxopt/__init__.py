@@ -2,7 +2,7 @@
 
 A prox layer outputs ``argmin_{z in C} R(z) + (lam / 2) ||z - x||^2`` and backpropagates
 through it. Declare ``R`` and ``C`` with the DSL re-exported here and wrap them in
-:class:`ProxLayer`; :func:`explain` says which backend computes it and why.
+:class:`ProxLayer`. :func:`explain` reports which backend computes it and why.
 """
 
 from proxopt.dsl import (

@@ -72,7 +72,7 @@ def sparsemax_reference(x: torch.Tensor) -> torch.Tensor:
 def batch_norm_reference(x: torch.Tensor) -> torch.Tensor:
     """Normalize each row of ``x`` with ``torch.nn.functional.batch_norm`` (no affine).
 
-    Each row holds one feature's values over a mini-batch, so the rows are passed to
+    Each row contains one feature's values over a mini-batch, so the rows are passed to
     ``batch_norm`` as its channels. ``batch_norm`` rejects ``eps = 0`` in training mode,
     so ``eps`` is the smallest normal number of the dtype, which leaves every variance
     above 1e-290 (float64) unchanged when added.

@@ -4,7 +4,7 @@ A backend turns an analysed :class:`~proxopt.compile.analysis.ProxProblem` into 
 :class:`CompiledProx`, a callable computing the prox map on a validated, flattened batch
 (:class:`ProxCall`), or raises :class:`Unsupported` saying why it cannot. The plan tries
 the backends from fastest to most general and keeps every reason, so that ``explain``
-can say why the faster routes did not apply.
+can report why the faster routes did not apply.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ BACKEND_ORDER = ("closed_form", "quadratic", "cvxpy", "smooth")
 
 
 class Unsupported(Exception):
-    """Raised by a backend that cannot solve a problem; the message says why.
+    """Raised by a backend that cannot solve a problem. The message gives the reason.
 
     ``not_dcp`` marks a cvxpy rejection caused by DCP rules, which becomes
     :class:`~proxopt.errors.NotDCPError` when the cvxpy backend was forced.

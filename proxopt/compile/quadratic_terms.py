@@ -25,7 +25,7 @@ __all__ = ["term_quadratic", "term_is_constant"]
 
 
 def term_is_constant(term: Term) -> bool:
-    """Whether a term's coefficient and expression contain no Parameter."""
+    """Return whether a term's coefficient and expression contain no Parameter."""
     return term.coefficient.is_constant and not term.expr.parameters()
 
 

@@ -1,7 +1,7 @@
 """The closed_form backend: exact prox maps and projections with exact gradients.
 
-The backend asks each registered recognizer (see :mod:`.registry`) in turn whether it
-knows the minimizer of the analysed problem; the first match is compiled. Gradients come
+The backend tries each registered recognizer (see :mod:`.registry`) in turn on the
+analysed problem, and compiles the first that has its exact minimizer. Gradients come
 from torch's autograd through the formula, or from custom backward functions where the
 formula involves a sort or a root.
 """

@@ -71,7 +71,7 @@ class CanonicalProblem:
     sets: list[Set]
 
     def only(self, *kinds: type) -> bool:
-        """Whether the terms are exactly one of each given atom class, in any order."""
+        """Return whether the terms are exactly one of each given atom class, in any order."""
         return sorted(t.kind.__name__ for t in self.terms) == sorted(k.__name__ for k in kinds)
 
 

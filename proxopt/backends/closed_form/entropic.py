@@ -82,7 +82,7 @@ def _minimum(value: Scalar) -> float:
 
 
 def _is_zero(value: Scalar) -> bool:
-    """Whether ``value`` is the number 0 (a tensor never counts, so its gradient is kept)."""
+    """Return whether ``value`` is the number 0 (a tensor never counts, so its gradient is kept)."""
     return not isinstance(value, torch.Tensor) and value == 0
 
 
@@ -496,7 +496,7 @@ def _single_term(problem: ProxProblem, kind: type[Atom]) -> tuple[CanonicalTerm,
 
 
 def _y_is_scaled_input(problem: ProxProblem) -> bool:
-    """Whether ``y = lam * x``: no linear terms and no shifted sum_squares terms."""
+    """Return whether ``y = lam * x``, that is, no linear terms and no shifted sum_squares terms."""
     for term in problem.terms:
         if term.kind == "linear":
             return False

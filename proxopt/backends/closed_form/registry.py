@@ -1,8 +1,8 @@
 """The registry of exact prox maps and projections used by the closed_form backend.
 
 Each entry is a recognizer: a function that looks at an analysed problem in the merged
-form ``R'(z) + (a/2)||z||^2 - y^T z`` over ``C`` and returns a :class:`ClosedFormMatch`
-when it knows the exact minimizer, else None. The minimizer of the merged form is the
+form ``R'(z) + (a/2)||z||^2 - y^T z`` over ``C``. It returns a :class:`ClosedFormMatch`
+when it has a formula for the exact minimizer, else None. The minimizer of the merged form is the
 prox map of ``R' / a`` over ``C`` at ``v = y / a``, so most entries are the textbook
 formulas applied to ``v`` with threshold ``1 / a``.
 """
